@@ -1,0 +1,3 @@
+from reproml.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""The `reproml` command line: describe, prepare, train, evaluate.
+
+A mistake in the input (a path, a file, a value) ends with one line on stderr naming the
+culprit and exit status 2; an interruption with status 130 and a hint to rerun (training resumes).
+"""
+
+import argparse
+import json
+import sys
+
+from reproml.errors import UserError
+from reproml.settings import DEVIATIONS
+
+
+def describe(args):
+    from reproml.models.learner import Learner, LearnerSpec
+    from reproml.models.meta_learner import MetaLearnerLSTM
+
+    learner = Learner(LearnerSpec(args.n_way, args.image_size, args.filters))
+    meta_layers = MetaLearnerLSTM(learner.n_params).layer_sizes()
+    print(json.dumps({
+        "learner": {"n_way": args.n_way, "image_size": args.image_size, "filters": args.filters,
+                    "parameters": learner.n_params, "per_layer": learner.layer_sizes()},
+        "meta_learner": {"per_layer": meta_layers, "parameters": sum(meta_layers.values())},
+    }, indent=2))
+
+
+def prepare(args):
+    from reproml.data.prepared import prepare
+
+    manifest = prepare(args.format, args.root, args.image_size, args.out, progress=not args.quiet)
+    for split, info in manifest["splits"].items():
+        print(f"{split}: {info['classes']} classes, {info['images']} images")
+    print(f"wrote {args.out} ({args.image_size}x{args.image_size}, dataset sha256 {manifest['dataset_sha256'][:12]})")
+
+
+def train(args):
+    from reproml.data.prepared import read_manifest
+    from reproml.settings import TaskSettings
+    from reproml.training.meta_train import train
+
+    settings = TaskSettings(n_way=args.n_way, k_shot=args.k_shot, image_size=read_manifest(args.data)["image_size"],
+                            n_query=args.n_query, batch_size=args.batch_size, epochs=args.epochs,
+                            bn_momentum=args.bn_momentum, filters=args.filters, lr=args.lr,
+                            grad_clip=args.grad_clip, deviations=tuple(args.deviation))
+    summary = train(args.data, settings, args.iterations, args.val_every, args.val_episodes, args.seed, args.out,
+                    args.device, progress=not args.quiet)
+    print(f"best validation accuracy {summary['best_val_acc']:.2f}% at iteration {summary['best_iteration']}; "
+          f"checkpoint {args.out}/best.pt")
+
+
+def evaluate(args):
+    from reproml.evaluation.evaluate import evaluate
+
+    s = evaluate(args.data, args.checkpoint, args.episodes, args.seed, args.out, args.device, args.split,
+                 args.n_way, args.k_shot, args.n_query, progress=not args.quiet)
+    print(f"{s['n_way']}-way {s['k_shot']}-shot, {s['episodes']} {args.split} episodes: "
+          f"{s['acc_mean']:.2f}% +- {s['ci95']:.2f} (95% CI)")
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="reproml", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("describe", help="parameter counts of the learner and the meta-learner")
+    d.add_argument("--n-way", type=int, default=5)
+    d.add_argument("--image-size", type=int, default=84)
+    d.add_argument("--filters", type=int, default=32)
+    d.set_defaults(run=describe)
+
+    pr = sub.add_parser("prepare", help="read a dataset source, write resized splits and a manifest")
+    pr.add_argument("--format", required=True, help="ravi, folders or l2l-pickle")
+    pr.add_argument("--root", required=True, help="the source folder")
+    pr.add_argument("--image-size", type=int, default=84)
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    pr.set_defaults(run=prepare)
+
+    t = sub.add_parser("train", help="meta-train a meta-learner LSTM (resumes if --out holds a run)")
+    t.add_argument("--data", required=True, help="a folder written by 'reproml prepare'")
+    t.add_argument("--n-way", type=int, default=5)
+    t.add_argument("--k-shot", type=int, default=1)
+    t.add_argument("--n-query", type=int, default=15, help="query images per class")
+    t.add_argument("--iterations", type=int, default=75000, help="meta-training episodes")
+    t.add_argument("--val-every", type=int, default=1000)
+    t.add_argument("--val-episodes", type=int, default=100)
+    t.add_argument("--batch-size", type=int, help="inner-loop batch (default: 5 for 1-shot, else 25)")
+    t.add_argument("--epochs", type=int, help="inner-loop epochs (default: 12 for 1-shot, else 8)")
+    t.add_argument("--bn-momentum", type=float, help="(default: 0.9 for 1-shot, else 0.95)")
+    t.add_argument("--filters", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--grad-clip", type=float, default=0.25)
+    t.add_argument("--deviation", action="append", default=[], choices=sorted(DEVIATIONS),
+                   help="turn on a named deviation from the original code (repeatable)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--out", required=True)
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(run=train)
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint over test episodes")
+    e.add_argument("--data", required=True)
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--episodes", type=int, default=600)
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--n-way", type=int, help="must match the checkpoint (checked)")
+    e.add_argument("--k-shot", type=int, help="default: the checkpoint's")
+    e.add_argument("--n-query", type=int, help="default: the checkpoint's")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--out", required=True)
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(run=evaluate)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as exc:
+        print(f"reproml {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"reproml {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0

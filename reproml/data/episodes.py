@@ -1,0 +1,66 @@
+"""N-way K-shot episodes, as the original code draws them.
+
+Classes are drawn without replacement; per class the images are shuffled, the first K are
+support and the next Q are queries (never overlapping); support and query sets are shuffled;
+labels are 0..N-1 by the class's position in the draw.
+
+Episode `i` of a stream depends only on (seed, stream, i): the same seed gives the same
+episodes whatever method consumes them, and a resumed run continues exactly where it stopped.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from reproml.errors import UserError
+
+STREAMS = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass
+class Episode:
+    support_rows: np.ndarray
+    support_labels: np.ndarray
+    query_rows: np.ndarray
+    query_labels: np.ndarray
+    classes: np.ndarray  # the split's class indices, in label order
+
+
+class EpisodeSampler:
+    def __init__(self, split, n_way, k_shot, n_query=15, seed=0, stream=None):
+        self.split, self.n_way, self.k_shot, self.n_query, self.seed = split, n_way, k_shot, n_query, seed
+        self.stream = STREAMS[stream or split.name]
+        if len(split.classes) < n_way:
+            raise UserError(f"split {split.name!r} has {len(split.classes)} classes; "
+                            f"a {n_way}-way episode needs at least {n_way}")
+        needed = k_shot + n_query
+        for name, rows in zip(split.classes, split.rows_of_class):
+            if len(rows) < needed:
+                raise UserError(f"split {split.name!r}: class {name!r} has {len(rows)} images; "
+                                f"a {k_shot}-shot episode with {n_query} queries needs {needed}")
+
+    def episode(self, index):
+        rng = np.random.default_rng([self.seed, self.stream, index])
+        classes = rng.choice(len(self.split.classes), self.n_way, replace=False)
+        support, query = [], []
+        for rows in (self.split.rows_of_class[c] for c in classes):
+            drawn = rng.permutation(rows)[: self.k_shot + self.n_query]
+            support.append(drawn[: self.k_shot])
+            query.append(drawn[self.k_shot:])
+        support_labels = np.repeat(np.arange(self.n_way), self.k_shot)
+        query_labels = np.repeat(np.arange(self.n_way), self.n_query)
+        s, q = rng.permutation(len(support_labels)), rng.permutation(len(query_labels))
+        return Episode(np.concatenate(support)[s], support_labels[s],
+                       np.concatenate(query)[q], query_labels[q], classes)
+
+    def tensors(self, index, device):
+        """The episode's images as float in [0, 1] and its labels, on `device`."""
+        episode = self.episode(index)
+        images = self.split.images
+        def pixels(rows):
+            return images[torch.from_numpy(rows).to(images.device)].to(device, torch.float32).div_(255)
+        def labels(y):
+            return torch.from_numpy(y).to(device)
+        return (pixels(episode.support_rows), labels(episode.support_labels),
+                pixels(episode.query_rows), labels(episode.query_labels))

@@ -1,0 +1,75 @@
+"""The meta-learner: a two-layer, coordinate-wise LSTM whose cell state is the learner's
+parameter vector (`model/lstm/meta-learner-lstm.lua`).
+
+Every learner parameter is one row of a batch; all rows share the meta-weights.
+Layer 1 is a standard LSTM on 4 numbers per coordinate (the preprocessed loss and gradient).
+Layer 2 is the update rule:
+
+    f_t = sigmoid(W_F . [h_t, c_{t-1}, f_{t-1}] + b_F)
+    i_t = sigmoid(W_I . [h_t, c_{t-1}, i_{t-1}] + b_I)
+    c_t = f_t * c_{t-1} - i_t * grad_t
+
+with f_{t-1}, i_{t-1} the previous step's pre-sigmoid values (zero at t = 0) and
+c_0 = cI, the learned initialisation of the learner.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+def preprocess(x, p=10.0):
+    """Andrychowicz et al. (2016): (log|x| / p, sign x) if |x| >= e^-p, else (-1, e^p x)."""
+    big = x.abs() >= math.exp(-p)
+    log_part = torch.where(big, x.abs().clamp_min(math.exp(-p)).log() / p, -torch.ones_like(x))
+    sign_part = torch.where(big, torch.sign(x), math.exp(p) * x)
+    return torch.stack([log_part, sign_part], dim=-1)
+
+
+class MetaLearnerLSTM(nn.Module):
+    def __init__(self, n_learner_params, hidden_size=20, preprocess_p=10.0):
+        super().__init__()
+        self.preprocess_p = preprocess_p
+        self.lstm = nn.LSTMCell(4, hidden_size)
+        self.WF = nn.Parameter(torch.empty(hidden_size + 2))
+        self.WI = nn.Parameter(torch.empty(hidden_size + 2))
+        self.bF = nn.Parameter(torch.empty(1))
+        self.bI = nn.Parameter(torch.empty(1))
+        self.cI = nn.Parameter(torch.empty(n_learner_params))
+
+    @torch.no_grad()
+    def reset_parameters(self, learner_init, generator):
+        """The original's ranges: weights U(-0.01, 0.01); b_F ~ U(4, 5) so the forget gate
+        starts near 1; b_I ~ U(-5, -4) so the first steps are small; cI = a fresh learner."""
+        for weight in (*self.lstm.parameters(), self.WF, self.WI):
+            weight.uniform_(-0.01, 0.01, generator=generator)
+        self.bF.uniform_(4, 5, generator=generator)
+        self.bI.uniform_(-5, -4, generator=generator)
+        self.cI.copy_(learner_init)
+
+    def layer_sizes(self):
+        return {"layer1": sum(p.numel() for p in self.lstm.parameters()),
+                "layer2": sum(p.numel() for p in (self.WF, self.WI, self.bF, self.bI, self.cI))}
+
+    def initial_state(self):
+        """(h, cell) of layer 1 and the pre-sigmoid (f, i) of layer 2, all zero at t = 0."""
+        n, hidden = self.cI.shape[0], self.lstm.hidden_size
+        zeros = self.cI.new_zeros
+        return zeros(n, hidden), zeros(n, hidden), zeros(n), zeros(n)
+
+    def step(self, loss, grad, c, state):
+        """One update of the learner's parameters `c` from the loss and gradient at `c`.
+
+        Returns the new parameters, the new state, and the gate values (after the sigmoid)."""
+        h, cell, f_prev, i_prev = state
+        n = c.shape[0]
+        inputs = torch.cat([preprocess(loss, self.preprocess_p).expand(n, 2),
+                            preprocess(grad, self.preprocess_p)], dim=1)
+        h, cell = self.lstm(inputs, (h, cell))
+        hidden = self.lstm.hidden_size
+        from_h = h @ torch.stack([self.WF[:hidden], self.WI[:hidden]], dim=1)
+        f_pre = from_h[:, 0] + self.WF[hidden] * c + self.WF[hidden + 1] * f_prev + self.bF
+        i_pre = from_h[:, 1] + self.WI[hidden] * c + self.WI[hidden + 1] * i_prev + self.bI
+        f, i = torch.sigmoid(f_pre), torch.sigmoid(i_pre)
+        return f * c - i * grad, (h, cell, f_pre, i_pre), (f, i)

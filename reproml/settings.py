@@ -1,0 +1,85 @@
+"""The hyperparameters of one task setting, with the original code's defaults, and the
+named deviations from the original (all off by default; the report lists those that were on)."""
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from reproml.errors import UserError
+
+DEVIATIONS = {
+    "no_grad_batch_division":
+        "feed the meta-learner the batch-mean gradient; the original divides it by the batch size once more",
+    "bn_scale_init_one":
+        "initialise BatchNorm scales to 1 (PyTorch); the original (Torch7) draws them from U(0, 1)",
+    "query_batch_stats_at_test":
+        "classify test queries with their own batch statistics (transductive); the original uses the "
+        "running statistics of the episode's support steps",
+}
+
+
+def shot_defaults(k_shot):
+    """The original's inner-loop settings: 1-shot batch 5, 12 epochs, BN momentum 0.9;
+    5-shot and larger batch 25, 8 epochs, BN momentum 0.95."""
+    if k_shot == 1:
+        return {"batch_size": 5, "epochs": 12, "bn_momentum": 0.9}
+    return {"batch_size": 25, "epochs": 8, "bn_momentum": 0.95}
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    n_way: int
+    k_shot: int
+    image_size: int
+    n_query: int = 15
+    batch_size: int = None
+    epochs: int = None
+    bn_momentum: float = None
+    filters: int = 32
+    lr: float = 1e-3
+    grad_clip: float = 0.25
+    deviations: tuple = field(default_factory=tuple)
+
+    def __post_init__(self):
+        for key, value in shot_defaults(self.k_shot).items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        object.__setattr__(self, "deviations", tuple(sorted(set(self.deviations))))
+        for key in ("n_way", "k_shot", "n_query", "batch_size", "epochs", "filters"):
+            if getattr(self, key) < 1:
+                raise UserError(f"--{key.replace('_', '-')} {getattr(self, key)}: must be at least 1")
+        if self.n_way < 2:
+            raise UserError(f"--n-way {self.n_way}: must be at least 2")
+        if not 0 < self.bn_momentum <= 1:
+            raise UserError(f"--bn-momentum {self.bn_momentum}: must be in (0, 1]")
+        for name in self.deviations:
+            if name not in DEVIATIONS:
+                raise UserError(f"unknown deviation {name!r}; expected one of {', '.join(DEVIATIONS)}")
+
+    @property
+    def inner_steps(self):
+        """T = epochs x ceil(n_support / batch_size)."""
+        return self.epochs * math.ceil(self.n_way * self.k_shot / self.batch_size)
+
+    def has(self, deviation):
+        return deviation in self.deviations
+
+    def to_dict(self):
+        d = asdict(self)
+        d["deviations"] = list(self.deviations)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**{**d, "deviations": tuple(d.get("deviations", ()))})
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: expected auto, cpu or cuda")
+    return torch.device(name)

@@ -1,0 +1,147 @@
+"""The command line end to end on tiny data: describe, train, evaluate, and their errors."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REAL_DATA, needs_real_data, run_cli
+from reproml.statistics import summarize
+
+TINY = ["--n-way", 3, "--k-shot", 1, "--n-query", 3, "--epochs", 2]
+
+
+def test_describe_prints_the_counts(capsys):
+    status, out, _ = run_cli(capsys, "describe", "--n-way", 5, "--image-size", 84)
+    report = json.loads(out)
+    assert status == 0
+    assert report["learner"]["parameters"] == 32901
+    assert report["meta_learner"]["per_layer"]["layer2"] == 32947
+    assert report["meta_learner"]["parameters"] == 2080 + 32947
+
+
+def train(capsys, data, out, *extra, iterations=4, val_every=2):
+    return run_cli(capsys, "train", "--data", data, *TINY, "--iterations", iterations, "--val-every", val_every,
+                   "--val-episodes", 3, "--seed", 0, "--device", "cpu", "--out", out, "--quiet", *extra)
+
+
+def test_train_then_evaluate(tmp_path, capsys, prepared):
+    status, out, err = train(capsys, prepared, tmp_path / "run")
+    assert status == 0, err
+    run = tmp_path / "run"
+    rows = list(csv.DictReader(open(run / "curve.csv")))
+    assert [r["iteration"] for r in rows] == ["2", "4"]
+    assert list(rows[0]) == ["iteration", "train_loss", "train_acc", "val_acc", "val_ci95"]
+    summary = json.loads((run / "run.json").read_text())
+    best = max(rows, key=lambda r: float(r["val_acc"]))
+    assert summary["best_iteration"] == int(best["iteration"])
+    assert torch.load(run / "best.pt", weights_only=True)["iteration"] == summary["best_iteration"]
+
+    status, out, err = run_cli(capsys, "evaluate", "--data", prepared, "--checkpoint", run / "best.pt",
+                               "--episodes", 6, "--seed", 0, "--device", "cpu", "--out", tmp_path / "eval", "--quiet")
+    assert status == 0, err
+    accuracies = [float(r["accuracy"]) for r in csv.DictReader(open(tmp_path / "eval" / "episodes.csv"))]
+    result = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert len(accuracies) == result["episodes"] == 6
+    for key, value in summarize(accuracies).items():
+        assert result[key] == pytest.approx(value)
+    assert all(0 <= a <= 100 and abs(a * 9 / 100 - round(a * 9 / 100)) < 1e-4 for a in accuracies)  # 9 queries
+
+    # the same seed gives the same numbers
+    run_cli(capsys, "evaluate", "--data", prepared, "--checkpoint", run / "best.pt", "--episodes", 6,
+            "--seed", 0, "--device", "cpu", "--out", tmp_path / "again", "--quiet")
+    assert (tmp_path / "again" / "episodes.csv").read_text() == (tmp_path / "eval" / "episodes.csv").read_text()
+
+
+def test_checkpoint_must_match_the_request(tmp_path, capsys, prepared):
+    train(capsys, prepared, tmp_path / "run", iterations=2)
+    ckpt = tmp_path / "run" / "best.pt"
+    status, _, err = run_cli(capsys, "evaluate", "--data", prepared, "--checkpoint", ckpt, "--n-way", 5,
+                             "--episodes", 2, "--out", tmp_path / "e")
+    assert status == 2 and "trained for 3-way episodes, not --n-way 5" in err and err.count("\n") == 1
+
+    other = tmp_path / "data20"
+    from conftest import make_folders
+    run_cli(capsys, "prepare", "--format", "folders", "--root", make_folders(tmp_path / "src"), "--image-size", 20,
+            "--out", other, "--quiet")
+    status, _, err = run_cli(capsys, "evaluate", "--data", other, "--checkpoint", ckpt, "--episodes", 2,
+                             "--out", tmp_path / "e")
+    assert status == 2 and "trained on 16x16 images, but" in err and "holds 20x20" in err
+
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    status, _, err = run_cli(capsys, "evaluate", "--data", prepared, "--checkpoint", tmp_path / "junk.pt",
+                             "--episodes", 2, "--out", tmp_path / "e")
+    assert status == 2 and "junk.pt: not a readable checkpoint" in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_too_many_shots_for_the_data(tmp_path, capsys, prepared):
+    status, _, err = run_cli(capsys, "train", "--data", prepared, "--n-way", 3, "--k-shot", 10, "--iterations", 1,
+                             "--out", tmp_path / "run", "--quiet")
+    assert status == 2 and "class 'train_c0' has 20 images; a 10-shot episode with 15 queries needs 25" in err
+    status, _, err = run_cli(capsys, "train", "--data", prepared, "--n-way", 6, "--iterations", 1,
+                             "--out", tmp_path / "run", "--quiet")
+    assert status == 2 and "split 'val' has 5 classes; a 6-way episode needs at least 6" in err
+
+
+def test_user_errors_print_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "reproml", "train", "--data", tmp_path / "missing",
+                             "--out", tmp_path / "run"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"reproml train: error: {tmp_path / 'missing'}: no manifest.json; create the folder with 'reproml prepare'"]
+
+
+def test_a_killed_run_resumes_to_the_same_numbers(tmp_path, capsys, prepared):
+    assert train(capsys, prepared, tmp_path / "whole", iterations=30, val_every=3)[0] == 0
+
+    command = [sys.executable, "-m", "reproml", "train", "--data", prepared, *TINY, "--iterations", 30,
+               "--val-every", 3, "--val-episodes", 3, "--seed", 0, "--device", "cpu",
+               "--out", tmp_path / "killed", "--quiet"]
+    process = subprocess.Popen([str(a) for a in command])
+    while not (tmp_path / "killed" / "last.pt").exists() and process.poll() is None:
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    interrupted_at = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["state"]["iteration"]
+    assert interrupted_at < 30, "the run finished before it could be killed"
+    assert not (tmp_path / "killed" / "run.json").exists()
+
+    status, _, err = train(capsys, prepared, tmp_path / "killed", iterations=30, val_every=3)
+    assert status == 0, err
+    assert (tmp_path / "killed" / "curve.csv").read_text() == (tmp_path / "whole" / "curve.csv").read_text()
+    whole = torch.load(tmp_path / "whole" / "best.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "killed" / "best.pt", weights_only=True)
+    assert whole["iteration"] == resumed["iteration"]
+    for name, tensor in whole["meta_learner"].items():
+        assert torch.equal(tensor, resumed["meta_learner"][name]), name
+
+
+def test_rerunning_a_finished_run_does_nothing_and_other_settings_are_refused(tmp_path, capsys, prepared):
+    train(capsys, prepared, tmp_path / "run", iterations=2)
+    before = (tmp_path / "run" / "best.pt").read_bytes()
+    assert train(capsys, prepared, tmp_path / "run", iterations=2)[0] == 0
+    assert (tmp_path / "run" / "best.pt").read_bytes() == before
+    status, _, err = train(capsys, prepared, tmp_path / "run", "--lr", "0.01", iterations=2)
+    assert status == 2 and "holds a run with other settings" in err
+
+
+@needs_real_data
+def test_a_few_iterations_on_real_miniimagenet(tmp_path, capsys):
+    status, out, _ = run_cli(capsys, "prepare", "--format", "ravi", "--root", REAL_DATA, "--image-size", 84,
+                             "--out", tmp_path / "data", "--quiet")
+    assert status == 0
+    assert "train: 64 classes, 6400 images" in out and "val: 16 classes, 1600 images" in out
+    assert "test: 20 classes, 2000 images" in out
+    status, _, err = run_cli(capsys, "train", "--data", tmp_path / "data", "--n-way", 5, "--k-shot", 1,
+                             "--iterations", 2, "--val-every", 2, "--val-episodes", 2, "--device", "cpu",
+                             "--out", tmp_path / "run", "--quiet")
+    assert status == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "run" / "curve.csv")))
+    assert len(rows) == 1 and 0 <= float(rows[0]["val_acc"]) <= 100

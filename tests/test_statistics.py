@@ -1,0 +1,19 @@
+import math
+
+import pytest
+
+from reproml.statistics import summarize
+
+
+def test_summary_against_hand_computed_values():
+    s = summarize([40.0, 50.0, 60.0])
+    assert s["acc_mean"] == pytest.approx(50.0)
+    assert s["acc_var"] == pytest.approx(100.0)  # (100 + 0 + 100) / (3 - 1)
+    assert s["acc_std"] == pytest.approx(10.0)
+    assert s["ci95"] == pytest.approx(1.96 * 10 / math.sqrt(3))
+    assert s["episodes"] == 3
+
+
+def test_summary_needs_two_episodes():
+    with pytest.raises(ValueError):
+        summarize([50.0])

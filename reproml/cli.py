@@ -94,6 +94,7 @@ def parser():
                    help="turn on a named deviation from the original code (repeatable)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     t.add_argument("--out", required=True)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(run=train)
@@ -108,6 +109,7 @@ def parser():
     e.add_argument("--n-query", type=int, help="default: the checkpoint's")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
+    e.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     e.add_argument("--out", required=True)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(run=evaluate)
@@ -116,6 +118,9 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+        torch.set_num_threads(args.threads)
     try:
         args.run(args)
     except UserError as exc:

@@ -125,9 +125,13 @@ def test_a_killed_run_resumes_to_the_same_numbers(tmp_path, capsys, prepared):
 
 def test_rerunning_a_finished_run_does_nothing_and_other_settings_are_refused(tmp_path, capsys, prepared):
     train(capsys, prepared, tmp_path / "run", iterations=2)
-    before = (tmp_path / "run" / "best.pt").read_bytes()
+    before = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    curve = (tmp_path / "run" / "curve.csv").read_text()
+    (tmp_path / "run" / "best.pt").unlink()  # as Snakemake does with the outputs of an interrupted job
     assert train(capsys, prepared, tmp_path / "run", iterations=2)[0] == 0
-    assert (tmp_path / "run" / "best.pt").read_bytes() == before
+    after = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert after["iteration"] == before["iteration"] and (tmp_path / "run" / "curve.csv").read_text() == curve
+    assert all(torch.equal(before["meta_learner"][k], after["meta_learner"][k]) for k in before["meta_learner"])
     status, _, err = train(capsys, prepared, tmp_path / "run", "--lr", "0.01", iterations=2)
     assert status == 2 and "holds a run with other settings" in err
 

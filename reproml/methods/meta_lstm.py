@@ -68,7 +68,7 @@ def query_logits(meta, learner, settings, episode, meta_training):
 
 def checkpoint(meta, settings, **info):
     return {"format": CHECKPOINT_FORMAT, "settings": settings.to_dict(),
-            "meta_learner": {k: v.detach().cpu() for k, v in meta.state_dict().items()}, **info}
+            "meta_learner": {k: v.detach().cpu().clone() for k, v in meta.state_dict().items()}, **info}
 
 
 def load_checkpoint(path, device):

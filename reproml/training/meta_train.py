@@ -53,6 +53,7 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
     learner, meta = build(settings, seed, device)
     optimizer = torch.optim.Adam(meta.parameters(), lr=settings.lr)
     state = {"iteration": 0, "curve": [], "best_val_acc": None, "best_iteration": None, "train_seconds": 0.0}
+    best = None  # the best checkpoint travels inside last.pt, so deleting best.pt loses nothing
 
     last = out / "last.pt"
     if last.exists():
@@ -61,7 +62,7 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
             raise UserError(f"{out}: holds a run with other settings; use another --out or delete that folder")
         meta.load_state_dict(saved["meta_learner"])
         optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+        state, best = saved["state"], saved["best"]
         if state["iteration"] > iterations:
             raise UserError(f"{out}: already trained for {state['iteration']} iterations, more than --iterations "
                             f"{iterations}; use another --out")
@@ -98,19 +99,24 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
             bar.set_postfix(val_acc=f"{val['acc_mean']:.2f}")
             if state["best_val_acc"] is None or val["acc_mean"] > state["best_val_acc"]:
                 state["best_val_acc"], state["best_iteration"] = val["acc_mean"], done
-                save_torch(out / "best.pt", checkpoint(meta, settings, iteration=done, val_acc=val["acc_mean"],
-                                                       seed=seed))
+                best = checkpoint(meta, settings, iteration=done, val_acc=val["acc_mean"], seed=seed)
             state["iteration"] = done
             save_torch(last, {"run_config": run_config, "meta_learner": meta.state_dict(),
-                              "optimizer": optimizer.state_dict(), "state": state})
-            write_text(out / "curve.csv", curve_csv(state["curve"]))
+                              "optimizer": optimizer.state_dict(), "state": state, "best": best})
+            write_outputs(out, state, best)
     bar.close()
+    write_outputs(out, state, best)
 
     summary = {**run_config, "iterations": iterations, "best_iteration": state["best_iteration"],
                "best_val_acc": state["best_val_acc"], "device": str(device),
                "train_s_per_episode": state["train_seconds"] / iterations}
     write_json(out / "run.json", summary)
     return summary
+
+
+def write_outputs(out, state, best):
+    save_torch(out / "best.pt", best)
+    write_text(out / "curve.csv", curve_csv(state["curve"]))
 
 
 def curve_csv(rows):

@@ -27,8 +27,13 @@ def describe(args):
 
 def prepare(args):
     from reproml.data.prepared import prepare
+    from reproml.data.sources import check_format
 
-    manifest = prepare(args.format, args.root, args.image_size, args.out, progress=not args.quiet)
+    check_format(args.format)
+    if args.format != "demo" and args.root is None:
+        raise UserError(f"--format {args.format} needs --root (the dataset folder)")
+    manifest = prepare(args.format, args.root, args.image_size, args.out, args.name, args.seed,
+                       args.images_per_class, progress=not args.quiet)
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['classes']} classes, {info['images']} images")
     print(f"wrote {args.out} ({args.image_size}x{args.image_size}, dataset sha256 {manifest['dataset_sha256'][:12]})")
@@ -44,7 +49,7 @@ def train(args):
                             bn_momentum=args.bn_momentum, filters=args.filters, lr=args.lr,
                             grad_clip=args.grad_clip, deviations=tuple(args.deviation))
     summary = train(args.data, settings, args.iterations, args.val_every, args.val_episodes, args.seed, args.out,
-                    args.device, progress=not args.quiet)
+                    args.device, label=args.label, progress=not args.quiet)
     print(f"best validation accuracy {summary['best_val_acc']:.2f}% at iteration {summary['best_iteration']}; "
           f"checkpoint {args.out}/best.pt")
 
@@ -69,10 +74,13 @@ def parser():
     d.set_defaults(run=describe)
 
     pr = sub.add_parser("prepare", help="read a dataset source, write resized splits and a manifest")
-    pr.add_argument("--format", required=True, help="ravi, folders or l2l-pickle")
-    pr.add_argument("--root", required=True, help="the source folder")
+    pr.add_argument("--format", required=True, help="ravi, folders, l2l-pickle or demo (generated)")
+    pr.add_argument("--root", help="the source folder (not for demo)")
     pr.add_argument("--image-size", type=int, default=84)
+    pr.add_argument("--seed", type=int, default=0, help="demo only: the generator's seed")
+    pr.add_argument("--images-per-class", type=int, default=600, help="demo only")
     pr.add_argument("--out", required=True)
+    pr.add_argument("--name", help="the dataset's name in results (default: the --out folder's name)")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
     pr.set_defaults(run=prepare)
 
@@ -96,6 +104,7 @@ def parser():
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
     t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     t.add_argument("--out", required=True)
+    t.add_argument("--label", help="the setting's name in results (default: e.g. 5w1s)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(run=train)
 

@@ -150,7 +150,7 @@ def test_bad_sources_give_one_line_and_no_output(tmp_path, capsys, breaker):
 
 def test_unknown_format(tmp_path, capsys):
     status, _, err = prepare(capsys, "hdf5", make_folders(tmp_path / "src"), tmp_path / "data")
-    assert status == 2 and "unknown dataset format 'hdf5'; expected one of ravi, folders, l2l-pickle" in err
+    assert status == 2 and "unknown dataset format 'hdf5'; expected one of ravi, folders, l2l-pickle, demo" in err
 
 
 def test_a_failed_prepare_keeps_the_previous_output(tmp_path, capsys):
@@ -160,3 +160,27 @@ def test_a_failed_prepare_keeps_the_previous_output(tmp_path, capsys):
     break_missing_image(root)
     assert prepare(capsys, "ravi", root, tmp_path / "data")[0] == 2
     assert (tmp_path / "data" / "manifest.json").read_text() == before
+
+
+def test_demo_dataset_is_deterministic_with_a_64_16_20_split(tmp_path, capsys):
+    for name in ("a", "b"):
+        status, out, _ = run_cli(capsys, "prepare", "--format", "demo", "--image-size", 16, "--seed", 3,
+                                 "--images-per-class", 20, "--out", tmp_path / name, "--quiet")
+        assert status == 0
+    assert "train: 64 classes, 1280 images" in out and "val: 16 classes" in out and "test: 20 classes" in out
+    a = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert a["dataset_sha256"] == json.loads((tmp_path / "b" / "manifest.json").read_text())["dataset_sha256"]
+    run_cli(capsys, "prepare", "--format", "demo", "--image-size", 16, "--seed", 4, "--images-per-class", 20,
+            "--out", tmp_path / "c", "--quiet")
+    assert a["dataset_sha256"] != json.loads((tmp_path / "c" / "manifest.json").read_text())["dataset_sha256"]
+    names = [set(load_split(tmp_path / "a", split).classes) for split in ("train", "val", "test")]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+
+
+def test_demo_images_vary_within_a_class(tmp_path, capsys):
+    from reproml.data.demo import generate
+    pixels, labels, _ = generate(32, seed=0, images_per_class=50)["train"]
+    images = pixels.astype(np.float64) / 255
+    same_class = images[labels == 0]
+    assert same_class.std(axis=0).mean() > 0.15  # colour, pose and clutter change from image to image
+    assert 0.02 < images.mean() and images.mean() < 0.98 and len(np.unique(pixels)) > 200

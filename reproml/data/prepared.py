@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from reproml.atomic import atomic_dir
+from reproml.data.demo import generate as generate_demo
 from reproml.data.sources import SPLITS, read_source, sha256_file
 from reproml.errors import UserError
 
@@ -27,32 +28,27 @@ def to_rgb_array(image, size):
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def prepare(format, root, image_size, out, progress=True):
-    """Read a dataset source and write its prepared copy to `out`; return the manifest."""
+def prepare(format, root, image_size, out, name=None, seed=0, images_per_class=600, progress=True):
+    """Read a dataset source (or generate the demo) and write its prepared copy to `out`."""
     if image_size < 16:
         raise UserError(f"--image-size {image_size}: must be at least 16 (the learner pools four times)")
+    if format == "demo":
+        if images_per_class < 2:
+            raise UserError(f"--images-per-class {images_per_class}: must be at least 2")
+        splits = generate_demo(image_size, seed, images_per_class)
+        source_info = {"format": "demo", "seed": seed, "images_per_class": images_per_class, "checksums": {}}
+        return write_prepared(out, name, splits, image_size, source_info)
     source = read_source(format, root)
     try:
-        with atomic_dir(out) as tmp:
-            splits = {}
-            for split in SPLITS:
-                splits[split] = write_split(tmp / f"{split}.npz", source.splits[split], image_size, split, progress)
-            manifest = {
-                "format_version": 1,
-                "source": {"format": format, "root": str(root), "checksums": source.checksums},
-                "image_size": image_size,
-                "splits": splits,
-                "files": {f"{split}.npz": sha256_file(tmp / f"{split}.npz") for split in SPLITS},
-            }
-            manifest["dataset_sha256"] = hashlib.sha256(
-                json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        splits = {split: decode(source.splits[split], image_size, split, progress) for split in SPLITS}
+        return write_prepared(out, name, splits, image_size,
+                              {"format": format, "root": str(root), "checksums": source.checksums})
     finally:
         source.close()
-    return manifest
 
 
-def write_split(path, images, image_size, split, progress):
+def decode(images, image_size, split, progress):
+    """(uint8 pixels (N, 3, S, S), labels, sorted class names) of a split's source images."""
     classes = sorted(dict.fromkeys(image.class_name for image in images))
     class_index = {name: i for i, name in enumerate(classes)}
     pixels = np.empty((len(images), 3, image_size, image_size), dtype=np.uint8)
@@ -60,10 +56,24 @@ def write_split(path, images, image_size, split, progress):
     for i, image in enumerate(tqdm(images, desc=f"prepare {split}", unit="img", disable=not progress)):
         pixels[i] = to_rgb_array(image.open(), image_size)
         labels[i] = class_index[image.class_name]
-    np.savez(path, images=pixels, labels=labels, classes=np.array(classes))
-    per_class = np.bincount(labels, minlength=len(classes))
-    return {"classes": len(classes), "images": len(images),
-            "per_class": {name: int(n) for name, n in zip(classes, per_class)}}
+    return pixels, labels, classes
+
+
+def write_prepared(out, name, splits, image_size, source_info):
+    """Write every split and the manifest into a temporary folder that then replaces `out`."""
+    with atomic_dir(out) as tmp:
+        counts = {}
+        for split, (pixels, labels, classes) in splits.items():
+            np.savez(tmp / f"{split}.npz", images=pixels, labels=labels, classes=np.array(classes))
+            per_class = np.bincount(labels, minlength=len(classes))
+            counts[split] = {"classes": len(classes), "images": len(labels),
+                             "per_class": {name: int(n) for name, n in zip(classes, per_class)}}
+        files = {f"{split}.npz": sha256_file(tmp / f"{split}.npz") for split in splits}
+        manifest = {"format_version": 1, "name": name or Path(out).name, "source": source_info, "image_size": image_size, "splits": counts,
+                    "files": files,
+                    "dataset_sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
 
 
 @dataclass

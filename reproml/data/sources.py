@@ -179,11 +179,16 @@ def read_l2l_pickle(root):
 
 
 READERS = {"ravi": read_ravi, "folders": read_folders, "l2l-pickle": read_l2l_pickle}
+FORMATS = (*READERS, "demo")  # demo is generated (data/demo.py), not read
+
+
+def check_format(format):
+    if format not in FORMATS:
+        raise UserError(f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)}")
 
 
 def read_source(format, root):
-    if format not in READERS:
-        raise UserError(f"unknown dataset format {format!r}; expected one of {', '.join(READERS)}")
+    check_format(format)
     if not Path(root).is_dir():
         raise UserError(f"{root}: dataset root does not exist or is not a folder")
     source = READERS[format](root)

@@ -33,7 +33,7 @@ from reproml.statistics import summarize
 CURVE_COLUMNS = ["iteration", "train_loss", "train_acc", "val_acc", "val_ci95"]
 
 
-def train(data, settings, iterations, val_every, val_episodes, seed, out, device="auto", progress=True):
+def train(data, settings, iterations, val_every, val_episodes, seed, out, device="auto", label=None, progress=True):
     if iterations < 1 or val_every < 1:
         raise UserError(f"--iterations {iterations} and --val-every {val_every}: both must be at least 1")
     if val_episodes < 2:
@@ -43,7 +43,9 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
     if manifest["image_size"] != settings.image_size:
         raise UserError(f"{data}: holds {manifest['image_size']}px images, not --image-size {settings.image_size}")
     out = Path(out)
-    run_config = {"settings": settings.to_dict(), "seed": seed, "val_every": val_every,
+    label = label or f"{settings.n_way}w{settings.k_shot}s"
+    run_config = {"setting": label, "dataset": manifest.get("name"), "settings": settings.to_dict(), "seed": seed,
+                  "val_every": val_every,
                   "val_episodes": val_episodes, "dataset_sha256": manifest.get("dataset_sha256")}
 
     train_sampler = EpisodeSampler(load_split(data, "train", device), settings.n_way, settings.k_shot,
@@ -99,7 +101,7 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
             bar.set_postfix(val_acc=f"{val['acc_mean']:.2f}")
             if state["best_val_acc"] is None or val["acc_mean"] > state["best_val_acc"]:
                 state["best_val_acc"], state["best_iteration"] = val["acc_mean"], done
-                best = checkpoint(meta, settings, iteration=done, val_acc=val["acc_mean"], seed=seed)
+                best = checkpoint(meta, settings, iteration=done, val_acc=val["acc_mean"], seed=seed, setting=label)
             state["iteration"] = done
             save_torch(last, {"run_config": run_config, "meta_learner": meta.state_dict(),
                               "optimizer": optimizer.state_dict(), "state": state, "best": best})

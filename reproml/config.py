@@ -1,0 +1,63 @@
+"""Validation of the pipeline's configuration against workflow/schemas/config.schema.yaml.
+
+The Snakefile calls `validate_config` before building any job; a mistake stops the run with
+one line naming the key, e.g. `config: settings.5w1s.k_shot: -1 is less than the minimum of 1`.
+"""
+
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from reproml.errors import UserError
+
+
+def key_path(path):
+    return ".".join(str(part) for part in path) or "(top level)"
+
+
+def describe_error(error):
+    where = key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        allowed = ", ".join(error.schema.get("properties", {}))
+        return f"config: unknown key {'.'.join([*map(str, error.absolute_path), unknown[0]])!r}; " \
+               f"expected one of {allowed}"
+    if error.validator == "required":
+        return f"config: {where}: {error.message}"
+    return f"config: {where}: {error.message}"
+
+
+def fill_defaults(value, schema):
+    """Insert every schema default that the config leaves out (nested mappings included)."""
+    if not isinstance(value, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in value and "default" in sub:
+            value[key] = sub["default"]
+        if key in value:
+            fill_defaults(value[key], sub)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in set(value) - set(schema.get("properties", {})):
+            fill_defaults(value[key], extra)
+
+
+def validate_config(config, schema_path):
+    """Check `config` in place, fill its defaults, and return it; raise UserError on a mistake."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(schema).iter_errors(config))
+    if error is not None:
+        raise UserError(describe_error(error))
+    fill_defaults(config, schema)
+    dataset = config["dataset"]
+    if dataset["format"] != "demo":
+        if "root" not in dataset:
+            raise UserError(f"config: dataset.root is missing; format {dataset['format']!r} reads a folder")
+        if not Path(dataset["root"]).is_dir():
+            raise UserError(f"config: dataset.root: {dataset['root']} does not exist")
+    for name, setting in config["settings"].items():
+        if setting["val_every"] > setting["iterations"]:
+            raise UserError(f"config: settings.{name}.val_every: {setting['val_every']} is more than its "
+                            f"iterations ({setting['iterations']})")
+    return config

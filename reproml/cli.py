@@ -63,6 +63,28 @@ def evaluate(args):
           f"{s['acc_mean']:.2f}% +- {s['ci95']:.2f} (95% CI)")
 
 
+def aggregate(args):
+    from reproml.report.aggregate import aggregate
+
+    table = aggregate(args.evals, args.published, args.out)
+    print(f"wrote {args.out}: {len(table)} rows")
+
+
+def figures(args):
+    from reproml.report.figures import curve_figures
+
+    for path in curve_figures(args.runs, args.out):
+        print(f"wrote {path}")
+
+
+def report(args):
+    from reproml.report.render import render_report
+
+    render_report(args.templates, args.summary, args.manifest, args.figures, args.benchmarks, json.loads(args.config_json),
+                  args.configfiles, args.runs, args.evals, args.out)
+    print(f"wrote {args.out}/report.html and {args.out}/report.tex")
+
+
 def parser():
     p = argparse.ArgumentParser(prog="reproml", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -122,6 +144,30 @@ def parser():
     e.add_argument("--out", required=True)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(run=evaluate)
+
+    a = sub.add_parser("aggregate", help="results/summary.csv from evaluation summaries")
+    a.add_argument("evals", nargs="+", help="summary.json files written by 'reproml evaluate'")
+    a.add_argument("--published", required=True, help="published-results.yaml")
+    a.add_argument("--out", required=True)
+    a.set_defaults(run=aggregate)
+
+    f = sub.add_parser("figures", help="validation curves, one PNG per setting")
+    f.add_argument("runs", nargs="+", help="run.json files written by 'reproml train'")
+    f.add_argument("--out", required=True)
+    f.set_defaults(run=figures)
+
+    r = sub.add_parser("report", help="render the HTML and LaTeX report")
+    r.add_argument("--templates", required=True, help="the folder of report.html.j2 and report.tex.j2")
+    r.add_argument("--summary", required=True)
+    r.add_argument("--manifest", required=True)
+    r.add_argument("--figures", required=True)
+    r.add_argument("--benchmarks", required=True)
+    r.add_argument("--config-json", required=True)
+    r.add_argument("--configfiles", default="config/config.yaml")
+    r.add_argument("--runs", nargs="+", required=True)
+    r.add_argument("--evals", nargs="+", required=True)
+    r.add_argument("--out", required=True)
+    r.set_defaults(run=report)
     return p
 
 

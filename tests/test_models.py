@@ -176,3 +176,15 @@ def test_cuda_gives_the_cpu_meta_gradient_and_predictions():
         results[device] = (meta.cI.grad.cpu(), meta.bF.grad.cpu(), test_logits.cpu())
     for cpu, cuda in zip(results["cpu"], results["cuda"]):
         torch.testing.assert_close(cpu, cuda, rtol=1e-3, atol=1e-4)
+
+
+def test_layer1_follows_torch_lstm_cell():
+    meta = MetaLearnerLSTM(7)
+    with torch.no_grad():
+        for p in meta.lstm.parameters():
+            p.uniform_(-0.5, 0.5)
+    x, h, c = torch.randn(7, 4), torch.randn(7, 20), torch.randn(7, 20)
+    expected_h, expected_c = meta.lstm(x, (h, c))
+    got_h, got_c = meta.layer1(x, h, c)
+    torch.testing.assert_close(got_h, expected_h)
+    torch.testing.assert_close(got_c, expected_c)

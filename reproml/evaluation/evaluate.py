@@ -56,6 +56,7 @@ def evaluate(data, checkpoint, episodes, seed, out, device="auto", split="test",
         writer.writerow(["episode", "accuracy"])
         writer.writerows((i, f"{a:.6f}") for i, a in enumerate(accuracies))
     summary = {**summarize(accuracies), "method": "meta_lstm", "dataset": manifest.get("name"),
+               "dataset_format": manifest["source"]["format"],
                "setting": ckpt.get("setting"), "train_seed": ckpt.get("seed"), "split": split, "seed": seed,
                "n_way": settings.n_way, "k_shot": settings.k_shot, "n_query": settings.n_query,
                "checkpoint": str(checkpoint), "checkpoint_iteration": ckpt.get("iteration"),

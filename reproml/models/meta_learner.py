@@ -58,6 +58,16 @@ class MetaLearnerLSTM(nn.Module):
         zeros = self.cI.new_zeros
         return zeros(n, hidden), zeros(n, hidden), zeros(n), zeros(n)
 
+    def layer1(self, inputs, h, cell):
+        """nn.LSTMCell's equations (gate order i, f, g, o) with one matrix product instead of two,
+        which matters when the batch is every learner parameter."""
+        lstm = self.lstm
+        gates = torch.addmm(lstm.bias_ih + lstm.bias_hh, torch.cat([inputs, h], dim=1),
+                            torch.cat([lstm.weight_ih, lstm.weight_hh], dim=1).t())
+        i, f, g, o = gates.chunk(4, dim=1)
+        cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(cell), cell
+
     def step(self, loss, grad, c, state):
         """One update of the learner's parameters `c` from the loss and gradient at `c`.
 
@@ -66,7 +76,7 @@ class MetaLearnerLSTM(nn.Module):
         n = c.shape[0]
         inputs = torch.cat([preprocess(loss, self.preprocess_p).expand(n, 2),
                             preprocess(grad, self.preprocess_p)], dim=1)
-        h, cell = self.lstm(inputs, (h, cell))
+        h, cell = self.layer1(inputs, h, cell)
         hidden = self.lstm.hidden_size
         from_h = h @ torch.stack([self.WF[:hidden], self.WI[:hidden]], dim=1)
         f_pre = from_h[:, 0] + self.WF[hidden] * c + self.WF[hidden + 1] * f_prev + self.bF

@@ -14,6 +14,7 @@ a function of (seed, index) and nothing else is random, the result equals an uni
 
 import csv
 import io
+import sys
 import time
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
         meta.load_state_dict(saved["meta_learner"])
         optimizer.load_state_dict(saved["optimizer"])
         state, best = saved["state"], saved["best"]
+        print(f"{out}: resuming from iteration {state['iteration']}", file=sys.stderr, flush=True)
         if state["iteration"] > iterations:
             raise UserError(f"{out}: already trained for {state['iteration']} iterations, more than --iterations "
                             f"{iterations}; use another --out")

@@ -1,0 +1,22 @@
+# reproml: raw data -> meta-training per (setting, seed) -> test episodes -> tables, figures -> report.
+# Run `snakemake --cores 4` (demo data) or add `--configfile config/paper.yaml` (miniImagenet, paper budgets).
+
+# The default config applies only when no --configfile is given, so that a config file
+# (config/smoke.yaml, config/paper.yaml) defines the settings alone, not merged into the default's.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/meta_lstm.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/summary.csv",
+        "results/report/report.html",
+        "results/report/report.tex",
+        ["results/report/report.pdf"] if LATEXMK else [],

@@ -1,0 +1,136 @@
+"""The Snakemake DAG end to end on config/smoke.yaml, in a copy of the workflow files."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REAL_DATA, needs_real_data
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ["Snakefile", "workflow", "config", "report", "profiles"]
+
+
+def workdir(tmp_path):
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+    return tmp_path
+
+
+def snakemake(cwd, *args, background=False):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    if background:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def summary_rows(cwd):
+    return list(csv.DictReader(open(cwd / "results" / "summary.csv")))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    cwd = workdir(tmp_path_factory.mktemp("smoke"))
+    result = snakemake(cwd, "--configfile", "config/smoke.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd
+
+
+def test_smoke_dag_produces_summary_and_report(smoke_run):
+    rows = summary_rows(smoke_run)
+    assert [(r["setting"], r["method"]) for r in rows] == [("5w1s", "meta_lstm"), ("5w2s", "meta_lstm")]
+    for row in rows:
+        assert row["dataset"] == "demo-smoke" and int(row["episodes"]) == 6
+        assert 0 <= float(row["acc_mean"]) <= 100 and float(row["ci95"]) >= 0
+    assert rows[0]["paper_mean"] == "43.4400" and rows[0]["verdict"] == "not comparable (demo data)"
+    html = (smoke_run / "results" / "report" / "report.html").read_text()
+    assert "Demo data." in html and "data:image/png;base64," in html and "5w2s" in html
+    tex = (smoke_run / "results" / "report" / "report.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"\toprule" in tex and "demo-smoke" in tex
+    for rule in ("prepare_data", "train_meta_lstm", "evaluate_meta_lstm", "aggregate", "figures", "report"):
+        assert any((smoke_run / "logs").rglob(f"{rule}*")) or (smoke_run / "logs" / rule).exists()
+        assert (smoke_run / "benchmarks" / rule).exists() or (smoke_run / "benchmarks" / f"{rule}.tsv").exists()
+
+
+def test_a_second_run_has_nothing_to_do(smoke_run):
+    result = snakemake(smoke_run, "--configfile", "config/smoke.yaml", "-n")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_rerunning_one_setting_reruns_only_its_jobs(smoke_run):
+    runs = smoke_run / "results" / "runs" / "demo-smoke"
+    other_before = (runs / "5w1s" / "seed0" / "run.json").stat().st_mtime_ns
+    target_before = (runs / "5w2s" / "seed0" / "run.json").stat().st_mtime_ns
+    summary_before = (smoke_run / "results" / "summary.csv").stat().st_mtime_ns
+    # the documented command: snakemake --cores 4 --forcerun results/runs/*/5w2s/*/run.json
+    forced = [str(p.relative_to(smoke_run)) for p in smoke_run.glob("results/runs/*/5w2s/*/run.json")]
+    result = snakemake(smoke_run, "--configfile", "config/smoke.yaml", "--forcerun", *forced)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (runs / "5w1s" / "seed0" / "run.json").stat().st_mtime_ns == other_before
+    assert (runs / "5w2s" / "seed0" / "run.json").stat().st_mtime_ns > target_before
+    assert (smoke_run / "results" / "summary.csv").stat().st_mtime_ns > summary_before
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset: {colour: red}", "config: unknown key 'dataset.colour'"),
+    ("settings: {5w1s: {k_shot: -1}}", "config: settings.5w1s.k_shot: -1 is less than the minimum of 1"),
+    ("dataset: {name: x, format: ravi, root: /nowhere/at/all}", "config: dataset.root: /nowhere/at/all does not exist"),
+])
+def test_a_wrong_config_stops_before_any_job(tmp_path, override, message):
+    cwd = workdir(tmp_path)
+    (cwd / "wrong.yaml").write_text(override + "\n")
+    result = snakemake(cwd, "--configfile", "config/smoke.yaml", "wrong.yaml")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("config:")]) == 1
+    assert "Traceback" not in result.stderr
+    assert not (cwd / "results").exists()
+
+
+def test_interrupted_training_resumes_without_redoing_finished_jobs(tmp_path):
+    cwd = workdir(tmp_path)
+    (cwd / "long.yaml").write_text("settings: {5w1s: {iterations: 60, val_every: 3}}\n")
+    process = snakemake(cwd, "--configfile", "config/smoke.yaml", "long.yaml", background=True)
+    last = cwd / "results" / "runs" / "demo-smoke" / "5w1s" / "seed0" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert last.exists(), "training never wrote a checkpoint"
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=60)
+    assert not (cwd / "results" / "summary.csv").exists()
+    manifest = cwd / "results" / "data" / "demo-smoke" / "manifest.json"
+    prepared_at = manifest.stat().st_mtime_ns
+
+    result = snakemake(cwd, "--configfile", "config/smoke.yaml", "long.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert manifest.stat().st_mtime_ns == prepared_at
+    log = (cwd / "logs" / "train_meta_lstm" / "demo-smoke" / "5w1s" / "seed0.log").read_text()
+    assert "resuming from iteration" in log
+    curve = list(csv.DictReader(open(last.parent / "curve.csv")))
+    assert [int(r["iteration"]) for r in curve] == list(range(3, 61, 3))
+
+
+@needs_real_data
+def test_the_same_pipeline_runs_on_real_data_by_overriding_the_dataset(tmp_path):
+    cwd = workdir(tmp_path)
+    (cwd / "real.yaml").write_text(
+        f"dataset: {{name: miniimagenet-100, format: ravi, root: {REAL_DATA}, image_size: 84}}\n")
+    result = snakemake(cwd, "--configfile", "config/smoke.yaml", "real.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = summary_rows(cwd)
+    assert {r["dataset"] for r in rows} == {"miniimagenet-100"} and len(rows) == 2
+    assert rows[0]["verdict"] in ("consistent", "lower", "higher")
+    manifest = json.loads((cwd / "results" / "data" / "miniimagenet-100" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["classes"] == 64 and manifest["image_size"] == 84

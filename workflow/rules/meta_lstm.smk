@@ -1,0 +1,58 @@
+OPTIONAL_TRAIN_KEYS = ("batch_size", "epochs", "bn_momentum")
+
+
+def train_args(wildcards):
+    s = config["settings"][wildcards.setting]
+    args = [f"--n-way {s['n_way']} --k-shot {s['k_shot']} --n-query {s['n_query']}",
+            f"--iterations {s['iterations']} --val-every {s['val_every']} --val-episodes {s['val_episodes']}",
+            f"--lr {s['lr']} --grad-clip {s['grad_clip']}"]
+    args += [f"--{key.replace('_', '-')} {s[key]}" for key in OPTIONAL_TRAIN_KEYS if key in s]
+    args += [f"--deviation {name}" for name in config["deviations"]]
+    return " ".join(args)
+
+
+rule train_meta_lstm:
+    input:
+        manifest=f"{DATA}/manifest.json",
+    output:
+        best=f"{RUN}/best.pt",
+        curve=f"{RUN}/curve.csv",
+        run=f"{RUN}/run.json",
+    params:
+        args=train_args,
+        out=RUN,
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    log:
+        "logs/train_meta_lstm/{dataset}/{setting}/seed{seed}.log",
+    benchmark:
+        "benchmarks/train_meta_lstm/{dataset}/{setting}/seed{seed}.tsv"
+    shell:
+        "reproml train --data {DATA} {params.args} --seed {wildcards.seed} --label {wildcards.setting}"
+        " --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"
+
+
+rule evaluate_meta_lstm:
+    input:
+        manifest=f"{DATA}/manifest.json",
+        best=f"{RUN}/best.pt",
+    output:
+        summary=f"{EVAL}/summary.json".replace("{method}", "meta_lstm"),
+        episodes=f"{EVAL}/episodes.csv".replace("{method}", "meta_lstm"),
+    params:
+        out=EVAL.replace("{method}", "meta_lstm"),
+        episodes=config["test_episodes"],
+        seed=config["eval_seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    log:
+        "logs/evaluate_meta_lstm/{dataset}/{setting}/seed{seed}.log",
+    benchmark:
+        "benchmarks/evaluate_meta_lstm/{dataset}/{setting}/seed{seed}.tsv"
+    shell:
+        "reproml evaluate --data {DATA} --checkpoint {input.best} --episodes {params.episodes}"
+        " --seed {params.seed} --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"

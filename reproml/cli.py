@@ -174,8 +174,10 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     if getattr(args, "threads", None):
+        import os
+
         import torch
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(min(args.threads, os.cpu_count() or 1))  # more threads than cores only contend
     try:
         args.run(args)
     except UserError as exc:

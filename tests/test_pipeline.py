@@ -57,9 +57,11 @@ def test_smoke_dag_produces_summary_and_report(smoke_run):
     assert "Demo data." in html and "data:image/png;base64," in html and "5w2s" in html
     tex = (smoke_run / "results" / "report" / "report.tex").read_text()
     assert r"\begin{tabular}" in tex and r"\toprule" in tex and "demo-smoke" in tex
-    for rule in ("prepare_data", "train_meta_lstm", "evaluate_meta_lstm", "aggregate", "figures", "report"):
-        assert any((smoke_run / "logs").rglob(f"{rule}*")) or (smoke_run / "logs" / rule).exists()
-        assert (smoke_run / "benchmarks" / rule).exists() or (smoke_run / "benchmarks" / f"{rule}.tsv").exists()
+    per_job = ["prepare_data/demo-smoke", "train_meta_lstm/demo-smoke/5w1s/seed0",
+               "evaluate_meta_lstm/demo-smoke/5w2s/seed0", "aggregate", "figures", "report"]
+    for job in per_job:
+        assert (smoke_run / "logs" / f"{job}.log").is_file(), job
+        assert (smoke_run / "benchmarks" / f"{job}.tsv").is_file(), job
 
 
 def test_a_second_run_has_nothing_to_do(smoke_run):

@@ -17,3 +17,11 @@ def test_summary_against_hand_computed_values():
 def test_summary_needs_two_episodes():
     with pytest.raises(ValueError):
         summarize([50.0])
+
+
+def test_verdict_against_a_published_interval():
+    from reproml.statistics import compare_to_published
+    # margin = sqrt(0.6^2 + 0.8^2) = 1.0
+    assert compare_to_published(60.0, 0.6, 60.99, 0.8) == "consistent"
+    assert compare_to_published(59.0, 0.6, 60.01, 0.8) == "lower"
+    assert compare_to_published(61.02, 0.6, 60.0, 0.8) == "higher"

@@ -1,11 +1,12 @@
 """The built-in demo dataset: 100 glyph classes x 600 images, generated in seconds.
 
 A class is a character (Latin, Greek, digits, symbols) drawn from the fonts that matplotlib
-ships. What identifies an image's class is only its shape: every image draws its glyph in a
-random font face (sans, serif, mono, bold, oblique), rotation, scale, shear and position, with
-random colours on a random gradient background, a smaller distractor glyph of another class,
-and pixel noise. So the task is genuinely few-shot (the test classes' shapes are never seen in
-meta-training) without being trivial, and it is deterministic in its seed.
+ships, with a preferred ink colour. Every image draws its glyph in a random font face (sans,
+serif, mono, bold, oblique), rotation, scale, shear and position, in a colour that mixes the
+class's with a random one, on a random gradient background, under a larger half-transparent
+distractor glyph of another class, with pixel noise. Shape identifies the class and colour hints
+at it, as texture and colour statistics do in natural images; the test classes' shapes and
+colours are never seen in meta-training. It is deterministic in its seed.
 """
 
 import math
@@ -54,8 +55,9 @@ def random_affine(n, generator, scale_range):
     return torch.stack([torch.stack([cos, -sin + shear, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1)
 
 
-def render(masks, glyph, font, size, generator):
-    """Images (n, 3, size, size) in [0, 1] of glyphs `glyph` drawn in fonts `font`."""
+def render(masks, glyph, font, ink, size, generator):
+    """Images (n, 3, size, size) in [0, 1] of glyphs `glyph` drawn in fonts `font`, their ink
+    colour 70% the class's `ink` (3 numbers in [0, 1]) and 30% random."""
     n = len(glyph)
     def warp(index_g, index_f, scale_range):
         grid = F.affine_grid(random_affine(n, generator, scale_range), (n, 1, size, size), align_corners=False)
@@ -73,7 +75,8 @@ def render(masks, glyph, font, size, generator):
     ramp = ((xs * torch.cos(angle) + ys * torch.sin(angle)).unsqueeze(1) + 1) / 3
     background = colour(light) + (colour(light) - colour(light)) * ramp
     image = background * (1 - distractor) + colour(1 - light) * distractor
-    image = image * (1 - shape) + colour(1 - light) * shape
+    class_ink = (0.7 * ink + 0.3 * torch.rand(n, 3, generator=generator)).view(n, 3, 1, 1) * 0.45 + 0.55 * (1 - light)
+    image = image * (1 - shape) + class_ink * shape
     noise = torch.rand(n, 1, 1, 1, generator=generator) * 0.08
     return (image + noise * torch.randn(n, 3, size, size, generator=generator)).clamp(0, 1)
 
@@ -83,6 +86,7 @@ def generate(image_size, seed, images_per_class=600):
     generator = torch.Generator().manual_seed(seed)
     masks = glyph_masks()
     order = torch.randperm(len(GLYPHS), generator=generator).tolist()
+    inks = torch.rand(len(GLYPHS), 3, generator=generator)
     splits, start = {}, 0
     for split, n_classes in SPLIT_SIZES.items():
         classes = sorted(order[start:start + n_classes], key=lambda g: class_name(GLYPHS[g]))
@@ -91,7 +95,8 @@ def generate(image_size, seed, images_per_class=600):
         for g in classes:
             glyph = torch.full((images_per_class,), g)
             font = torch.randint(len(FONTS), (images_per_class,), generator=generator)
-            pixels.append((render(masks, glyph, font, image_size, generator) * 255).round().to(torch.uint8))
+            image = render(masks, glyph, font, inks[g], image_size, generator)
+            pixels.append((image * 255).round().to(torch.uint8))
         labels = np.repeat(np.arange(len(classes)), images_per_class)
         splits[split] = (torch.cat(pixels).numpy(), labels, [class_name(GLYPHS[g]) for g in classes])
     return splits

@@ -17,6 +17,7 @@ SETTINGS = list(config["settings"])
 SEEDS = config["seeds"]
 RUN = "results/runs/{dataset}/{setting}/seed{seed}"
 EVAL = "results/eval/{dataset}/{setting}/seed{seed}/{method}"
+META_LSTM_EVAL = EVAL.replace("{method}", "meta_lstm")
 LATEXMK = shutil.which("latexmk") is not None
 
 

@@ -39,10 +39,10 @@ rule evaluate_meta_lstm:
         manifest=f"{DATA}/manifest.json",
         best=f"{RUN}/best.pt",
     output:
-        summary=f"{EVAL}/summary.json".replace("{method}", "meta_lstm"),
-        episodes=f"{EVAL}/episodes.csv".replace("{method}", "meta_lstm"),
+        summary=f"{META_LSTM_EVAL}/summary.json",
+        episodes=f"{META_LSTM_EVAL}/episodes.csv",
     params:
-        out=EVAL.replace("{method}", "meta_lstm"),
+        out=META_LSTM_EVAL,
         episodes=config["test_episodes"],
         seed=config["eval_seed"],
         device=config["device"],

@@ -136,3 +136,24 @@ def test_the_same_pipeline_runs_on_real_data_by_overriding_the_dataset(tmp_path)
     assert rows[0]["verdict"] in ("consistent", "lower", "higher")
     manifest = json.loads((cwd / "results" / "data" / "miniimagenet-100" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["classes"] == 64 and manifest["image_size"] == 84
+
+
+def test_report_escapes_html_and_latex(smoke_run, tmp_path):
+    from reproml.report.render import latex_escape, render_report
+
+    assert latex_escape(r"a_b & 50% $x# {y} ~^\ <z>") == (r"a\_b \& 50\% \$x\# \{y\} \textasciitilde{}"
+                                                          r"\textasciicircum{}\textbackslash{} \textless{}z\textgreater{}")
+    data = tmp_path / "data"
+    shutil.copytree(smoke_run / "results" / "data" / "demo-smoke", data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["name"] = "<script>alert(1)</script> & 100%_x"
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    results = smoke_run / "results"
+    render_report(REPO / "report" / "templates", results / "summary.csv", data / "manifest.json",
+                  results / "figures", smoke_run / "benchmarks", {"seeds": [0], "test_episodes": 6, "eval_seed": 0},
+                  "config/smoke.yaml", sorted(map(str, results.glob("runs/*/*/*/run.json"))),
+                  sorted(map(str, results.glob("eval/*/*/*/*/summary.json"))), tmp_path / "report")
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; 100%_x" in html
+    tex = (tmp_path / "report" / "report.tex").read_text()
+    assert r"\textless{}script\textgreater{}alert(1)\textless{}/script\textgreater{} \& 100\%\_x" in tex

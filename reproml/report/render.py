@@ -35,7 +35,7 @@ def latex_escape(value):
 
 def fmt(value, digits=2):
     """Numbers for tables: fixed digits, an en dash where there is none."""
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or pd.isna(value):
         return "–"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -81,7 +81,7 @@ def main_table(summary):
                      "ours": f"{fmt(row['acc_mean'])} ± {fmt(row['ci95'])}", "seeds": row["seeds"],
                      "episodes": row["episodes"], "seed_sd": fmt(row["seed_mean_std"]),
                      "paper": f"{fmt(row['paper_mean'])} ± {fmt(row['paper_ci95'])}"
-                     if row["paper_mean"] == row["paper_mean"] else "–",
+                     if pd.notna(row["paper_mean"]) else "–",
                      "comp6248": fmt(row["comp6248_mean"]), "verdict": row["verdict"]})
     return rows
 

@@ -85,6 +85,13 @@ def report(args):
     print(f"wrote {args.out}/report.html and {args.out}/report.tex")
 
 
+def bench(args):
+    from reproml.bench import bench, format_table
+
+    results = bench(args.settings.split(","), args.image_size, args.episodes, args.device)
+    print(json.dumps(results, indent=2) if args.json else format_table(results))
+
+
 def parser():
     p = argparse.ArgumentParser(prog="reproml", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -168,6 +175,15 @@ def parser():
     r.add_argument("--evals", nargs="+", required=True)
     r.add_argument("--out", required=True)
     r.set_defaults(run=report)
+
+    b = sub.add_parser("bench", help="seconds per episode on random data, beside the matrix-multiply rate")
+    b.add_argument("--settings", default="5w1s,5w5s,10w10s,10w20s", help="comma-separated, e.g. 5w1s,5w5s")
+    b.add_argument("--image-size", type=int, default=84)
+    b.add_argument("--episodes", type=int, default=5, help="timed episodes per setting (the median is printed)")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    b.add_argument("--json", action="store_true", help="print one JSON object, setting -> figures")
+    b.set_defaults(run=bench)
     return p
 
 

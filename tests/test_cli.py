@@ -149,3 +149,22 @@ def test_a_few_iterations_on_real_miniimagenet(tmp_path, capsys):
     assert status == 0, err
     rows = list(csv.DictReader(open(tmp_path / "run" / "curve.csv")))
     assert len(rows) == 1 and 0 <= float(rows[0]["val_acc"]) <= 100
+
+
+def test_bench_prints_json_per_setting(capsys):
+    from reproml.bench import learner_forward_flops
+    from reproml.settings import TaskSettings
+
+    # conv1..conv4 at 84, 42, 21, 10 pixels (2 x H x W x C_out x C_in x 9), then Linear(800, 5)
+    assert learner_forward_flops(TaskSettings(5, 1, 84)) == (
+        2 * 84 * 84 * 32 * 3 * 9 + 2 * 42 * 42 * 32 * 32 * 9 + 2 * 21 * 21 * 32 * 32 * 9 + 2 * 10 * 10 * 32 * 32 * 9
+        + 2 * 800 * 5) == 54_686_528
+    status, out, _ = run_cli(capsys, "bench", "--settings", "5w1s,5w2s", "--image-size", 16, "--episodes", 1,
+                             "--device", "cpu", "--json")
+    results = json.loads(out)
+    assert status == 0 and list(results) == ["5w1s", "5w2s"]
+    for r in results.values():
+        assert r["train_s_per_episode"] > 0 and r["eval_s_per_episode"] > 0 and r["matmul_gflops"] > 0
+    assert results["5w1s"]["inner_steps"] == 12 and results["5w2s"]["inner_steps"] == 8
+    status, _, err = run_cli(capsys, "bench", "--settings", "five-way", "--device", "cpu")
+    assert status == 2 and "'five-way' is not of the form <N>w<K>s" in err

@@ -46,8 +46,8 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
     out = Path(out)
     label = label or f"{settings.n_way}w{settings.k_shot}s"
     run_config = {"setting": label, "dataset": manifest.get("name"), "settings": settings.to_dict(), "seed": seed,
-                  "val_every": val_every,
-                  "val_episodes": val_episodes, "dataset_sha256": manifest.get("dataset_sha256")}
+                  "val_every": val_every, "val_episodes": val_episodes,
+                  "dataset_sha256": manifest.get("dataset_sha256")}
 
     train_sampler = EpisodeSampler(load_split(data, "train", device), settings.n_way, settings.k_shot,
                                    settings.n_query, seed)
@@ -73,7 +73,7 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
     out.mkdir(parents=True, exist_ok=True)
 
     losses, accs, seconds = [], [], 0.0  # since the last validation
-    bar = tqdm(total=iterations, initial=state["iteration"], desc=f"train {settings.n_way}w{settings.k_shot}s",
+    bar = tqdm(total=iterations, initial=state["iteration"], desc=f"train {label}",
                unit="ep", disable=not progress)
     for iteration in range(state["iteration"], iterations):
         start = time.perf_counter()
@@ -107,9 +107,9 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
             state["iteration"] = done
             save_torch(last, {"run_config": run_config, "meta_learner": meta.state_dict(),
                               "optimizer": optimizer.state_dict(), "state": state, "best": best})
-            write_outputs(out, state, best)
+            write_outputs(out, state, best)  # readable while training runs
     bar.close()
-    write_outputs(out, state, best)
+    write_outputs(out, state, best)  # again, for a finished run whose outputs were deleted (Snakemake does)
 
     summary = {**run_config, "iterations": iterations, "best_iteration": state["best_iteration"],
                "best_val_acc": state["best_val_acc"], "device": str(device),

@@ -57,9 +57,9 @@ def train(args):
 def evaluate(args):
     from reproml.evaluation.evaluate import evaluate
 
-    s = evaluate(args.data, args.checkpoint, args.episodes, args.seed, args.out, args.device, args.split,
-                 args.n_way, args.k_shot, args.n_query, progress=not args.quiet)
-    print(f"{s['n_way']}-way {s['k_shot']}-shot, {s['episodes']} {args.split} episodes: "
+    s = evaluate(args.data, args.episodes, args.seed, args.out, args.method, args.checkpoint, args.device,
+                 args.split, args.n_way, args.k_shot, args.n_query, args.label, progress=not args.quiet)
+    print(f"{s['method']}, {s['n_way']}-way {s['k_shot']}-shot, {s['episodes']} {args.split} episodes: "
           f"{s['acc_mean']:.2f}% +- {s['ci95']:.2f} (95% CI)")
 
 
@@ -137,12 +137,14 @@ def parser():
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(run=train)
 
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint over test episodes")
+    e = sub.add_parser("evaluate", help="evaluate a method (a meta-learner checkpoint) over test episodes")
     e.add_argument("--data", required=True)
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--method", default="meta_lstm", help="meta_lstm (needs --checkpoint) or pixel_nearest_neighbor")
+    e.add_argument("--checkpoint", help="a best.pt written by 'reproml train'")
+    e.add_argument("--label", help="the setting's name in results (default: the checkpoint's, or e.g. 5w1s)")
     e.add_argument("--episodes", type=int, default=600)
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
-    e.add_argument("--n-way", type=int, help="must match the checkpoint (checked)")
+    e.add_argument("--n-way", type=int, help="must match the checkpoint's (checked)")
     e.add_argument("--k-shot", type=int, help="default: the checkpoint's")
     e.add_argument("--n-query", type=int, help="default: the checkpoint's")
     e.add_argument("--seed", type=int, default=0)

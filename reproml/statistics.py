@@ -25,3 +25,11 @@ def compare_to_published(mean, ci95, published_mean, published_ci95):
     if abs(difference) <= margin:
         return "consistent"
     return "lower" if difference < 0 else "higher"
+
+
+def paired_difference(a, b):
+    """Mean of a_i - b_i over paired episodes and its 95% CI half-width 1.96 * sd(d) / sqrt(n)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired samples differ in length ({len(a)} and {len(b)})")
+    d = summarize([x - y for x, y in zip(a, b)])
+    return {"diff_mean": d["acc_mean"], "diff_ci95": d["ci95"], "pairs": d["episodes"]}

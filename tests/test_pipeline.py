@@ -48,13 +48,20 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_dag_produces_summary_and_report(smoke_run):
     rows = summary_rows(smoke_run)
-    assert [(r["setting"], r["method"]) for r in rows] == [("5w1s", "meta_lstm"), ("5w2s", "meta_lstm")]
+    assert [(r["setting"], r["method"]) for r in rows] == [
+        ("5w1s", "meta_lstm"), ("5w1s", "pixel_nearest_neighbor"), ("5w2s", "meta_lstm"), ("5w2s", "pixel_nearest_neighbor")]
     for row in rows:
         assert row["dataset"] == "demo-smoke" and int(row["episodes"]) == 6
         assert 0 <= float(row["acc_mean"]) <= 100 and float(row["ci95"]) >= 0
     assert rows[0]["paper_mean"] == "43.4400" and rows[0]["verdict"] == "not comparable (demo data)"
+    assert rows[0]["meta_lstm_minus_this"] == "" and rows[1]["meta_lstm_minus_this"] != ""
+    pixel = list(csv.DictReader(open(smoke_run / "results/eval/demo-smoke/5w1s/untrained/pixel_nearest_neighbor/episodes.csv")))
+    meta = list(csv.DictReader(open(smoke_run / "results/eval/demo-smoke/5w1s/seed0/meta_lstm/episodes.csv")))
+    differences = [float(m["accuracy"]) - float(p["accuracy"]) for m, p in zip(meta, pixel)]
+    assert float(rows[1]["meta_lstm_minus_this"]) == pytest.approx(sum(differences) / len(differences), abs=1e-3)
     html = (smoke_run / "results" / "report" / "report.html").read_text()
     assert "Demo data." in html and "data:image/png;base64," in html and "5w2s" in html
+    assert "Pixel nearest-neighbour" in html and "Meta-LSTM minus this" in html
     tex = (smoke_run / "results" / "report" / "report.tex").read_text()
     assert r"\begin{tabular}" in tex and r"\toprule" in tex and "demo-smoke" in tex
     per_job = ["prepare_data/demo-smoke", "train_meta_lstm/demo-smoke/5w1s/seed0",
@@ -132,7 +139,7 @@ def test_the_same_pipeline_runs_on_real_data_by_overriding_the_dataset(tmp_path)
     result = snakemake(cwd, "--configfile", "config/smoke.yaml", "real.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = summary_rows(cwd)
-    assert {r["dataset"] for r in rows} == {"miniimagenet-100"} and len(rows) == 2
+    assert {r["dataset"] for r in rows} == {"miniimagenet-100"} and len(rows) == 4
     assert rows[0]["verdict"] in ("consistent", "lower", "higher")
     manifest = json.loads((cwd / "results" / "data" / "miniimagenet-100" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["classes"] == 64 and manifest["image_size"] == 84

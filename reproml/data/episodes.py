@@ -8,6 +8,7 @@ Episode `i` of a stream depends only on (seed, stream, i): the same seed gives t
 episodes whatever method consumes them, and a resumed run continues exactly where it stopped.
 """
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,14 @@ class EpisodeSampler:
         s, q = rng.permutation(len(support_labels)), rng.permutation(len(query_labels))
         return Episode(np.concatenate(support)[s], support_labels[s],
                        np.concatenate(query)[q], query_labels[q], classes)
+
+    def fingerprint(self, index):
+        """A short hash of the episode's images and labels: equal fingerprints, equal episodes."""
+        e = self.episode(index)
+        digest = hashlib.sha256()
+        for array in (e.support_rows, e.support_labels, e.query_rows, e.query_labels):
+            digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
     def tensors(self, index, device):
         """The episode's images as float in [0, 1] and its labels, on `device`."""

@@ -79,6 +79,8 @@ def main_table(summary):
         rows.append({"dataset": row["dataset"], "setting": row["setting"],
                      "method": METHOD_NAMES.get(row["method"], row["method"]),
                      "ours": f"{fmt(row['acc_mean'])} ± {fmt(row['ci95'])}", "seeds": row["seeds"],
+                     "paired": f"{fmt(row['meta_lstm_minus_this'])} ± {fmt(row['meta_lstm_minus_this_ci95'])}"
+                     if pd.notna(row["meta_lstm_minus_this"]) else "–",
                      "episodes": row["episodes"], "seed_sd": fmt(row["seed_mean_std"]),
                      "paper": f"{fmt(row['paper_mean'])} ± {fmt(row['paper_ci95'])}"
                      if pd.notna(row["paper_mean"]) else "–",
@@ -87,12 +89,13 @@ def main_table(summary):
 
 
 TABLE_HEADER = ["Dataset", "Setting", "Method", "Ours (95% CI)", "Seeds", "Episodes", "SD across seeds",
-                "Paper (95% CI)", "COMP6248", "Verdict vs paper"]
-TABLE_KEYS = ["dataset", "setting", "method", "ours", "seeds", "episodes", "seed_sd", "paper", "comp6248", "verdict"]
+                "Meta-LSTM minus this, paired (95% CI)", "Paper (95% CI)", "COMP6248", "Verdict vs paper"]
+TABLE_KEYS = ["dataset", "setting", "method", "ours", "seeds", "episodes", "seed_sd", "paired", "paper", "comp6248",
+              "verdict"]
 
 
 def booktabs(rows):
-    lines = [r"\begin{tabular}{" + "l" * 3 + "r" * 6 + "l}", r"\toprule",
+    lines = [r"\begin{tabular}{" + "l" * 3 + "r" * 7 + "l}", r"\toprule",
              " & ".join(latex_escape(h) for h in TABLE_HEADER) + r" \\", r"\midrule"]
     lines += [" & ".join(latex_escape(row[k]).replace("±", r"$\pm$") for k in TABLE_KEYS) + r" \\" for row in rows]
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])

@@ -26,7 +26,7 @@ from reproml.atomic import save_torch, write_json, write_text
 from reproml.data.episodes import EpisodeSampler
 from reproml.data.prepared import load_split, read_manifest
 from reproml.errors import UserError
-from reproml.evaluation.evaluate import episode_accuracies
+from reproml.evaluation.evaluate import episode_accuracies, meta_lstm_classifier
 from reproml.methods.meta_lstm import build, checkpoint, query_logits
 from reproml.settings import resolve_device
 from reproml.statistics import summarize
@@ -93,8 +93,8 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
         done = iteration + 1
         if done % val_every == 0 or done == iterations:
             meta.eval()
-            val = summarize(episode_accuracies(meta, learner, settings, val_sampler, val_episodes, device,
-                                               desc="validate", progress=progress))
+            val = summarize(episode_accuracies(meta_lstm_classifier(meta, learner, settings), val_sampler,
+                                               val_episodes, device, desc="validate", progress=progress))
             state["curve"].append({"iteration": done, "train_loss": sum(losses) / len(losses),
                                    "train_acc": sum(accs) / len(accs), "val_acc": val["acc_mean"],
                                    "val_ci95": val["ci95"]})

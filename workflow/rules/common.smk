@@ -18,7 +18,13 @@ SEEDS = config["seeds"]
 RUN = "results/runs/{dataset}/{setting}/seed{seed}"
 EVAL = "results/eval/{dataset}/{setting}/seed{seed}/{method}"
 META_LSTM_EVAL = EVAL.replace("{method}", "meta_lstm")
+UNTRAINED_EVAL = "results/eval/{dataset}/{setting}/untrained/{method}"  # methods without a training seed
 LATEXMK = shutil.which("latexmk") is not None
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9._-]+",
+    setting=r"[A-Za-z0-9_-]+",
+    seed=r"\d+",
 
 
 def uses_gpu():
@@ -36,5 +42,8 @@ def all_runs(name):
     return expand(f"{RUN}/{name}", dataset=DATASET, setting=SETTINGS, seed=SEEDS)
 
 
-def all_evals(method="meta_lstm"):
-    return expand(f"{EVAL}/summary.json", dataset=DATASET, setting=SETTINGS, seed=SEEDS, method=method)
+def all_evals():
+    """Every evaluation summary: the meta-learner per (setting, seed), pixel 1-NN per setting."""
+    return (expand(f"{META_LSTM_EVAL}/summary.json", dataset=DATASET, setting=SETTINGS, seed=SEEDS)
+            + expand(f"{UNTRAINED_EVAL}/summary.json", dataset=DATASET, setting=SETTINGS,
+                     method="pixel_nearest_neighbor"))

@@ -56,3 +56,26 @@ rule evaluate_meta_lstm:
     shell:
         "reproml evaluate --data {DATA} --checkpoint {input.best} --episodes {params.episodes}"
         " --seed {params.seed} --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"
+
+
+rule evaluate_pixel_nearest_neighbor:
+    input:
+        manifest=f"{DATA}/manifest.json",
+    output:
+        summary=f"{UNTRAINED_EVAL}/summary.json".replace("{method}", "pixel_nearest_neighbor"),
+        episodes=f"{UNTRAINED_EVAL}/episodes.csv".replace("{method}", "pixel_nearest_neighbor"),
+    params:
+        out=UNTRAINED_EVAL.replace("{method}", "pixel_nearest_neighbor"),
+        episode=lambda w: "--n-way {n_way} --k-shot {k_shot} --n-query {n_query}".format(**config["settings"][w.setting]),
+        episodes=config["test_episodes"],
+        seed=config["eval_seed"],
+        device=config["device"],
+    threads: config["threads"]
+    log:
+        "logs/evaluate_pixel_nearest_neighbor/{dataset}/{setting}.log",
+    benchmark:
+        "benchmarks/evaluate_pixel_nearest_neighbor/{dataset}/{setting}.tsv"
+    shell:
+        "reproml evaluate --method pixel_nearest_neighbor --data {DATA} {params.episode} --label {wildcards.setting}"
+        " --episodes {params.episodes} --seed {params.seed} --device {params.device} --threads {threads}"
+        " --out {params.out} > {log} 2>&1"

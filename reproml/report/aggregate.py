@@ -37,10 +37,13 @@ def paired_with_meta_lstm(group, meta_lstm_group):
     for _, meta_row in meta_lstm_group.iterrows():
         partners = group if group["train_seed"].isna().all() else group[group["train_seed"] == meta_row["train_seed"]]
         for _, row in partners.iterrows():
-            shared = meta_row["episodes_by_sha"].keys() & row["episodes_by_sha"].keys()
-            ours += [meta_row["episodes_by_sha"][sha] for sha in sorted(shared)]
-            theirs += [row["episodes_by_sha"][sha] for sha in sorted(shared)]
-    return paired_difference(ours, theirs) if len(ours) >= 2 else None
+            if meta_row["episodes_by_sha"].keys() != row["episodes_by_sha"].keys():
+                raise UserError(f"{row['setting']}: {row['method']} and meta_lstm were evaluated on different test "
+                                "episodes (another eval seed or episode count); they cannot be paired")
+            shared = sorted(meta_row["episodes_by_sha"])
+            ours += [meta_row["episodes_by_sha"][sha] for sha in shared]
+            theirs += [row["episodes_by_sha"][sha] for sha in shared]
+    return paired_difference(ours, theirs)
 
 
 def aggregate(eval_summaries, published_path, out):

@@ -1,4 +1,5 @@
-"""Meta-test: adapt on each episode's support set, score its queries, summarise."""
+"""Meta-test: run a method on each test episode (the meta-learner adapts on the support set,
+a baseline just classifies), score the queries, summarise."""
 
 import csv
 import time
@@ -15,7 +16,6 @@ from reproml.methods import pixel_nn
 from reproml.methods.meta_lstm import load_checkpoint, query_logits
 from reproml.settings import TaskSettings, resolve_device
 from reproml.statistics import summarize
-
 
 METHODS = ("meta_lstm", "pixel_nearest_neighbor")
 

@@ -6,19 +6,19 @@ pass counted as twice the forward), which is where a faithful implementation spe
 84x84; the meta-learner's coordinate-wise LSTM is elementwise work and is left out.
 """
 
-import math
 import statistics
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from reproml.data.episodes import EpisodeSampler
 from reproml.data.prepared import Split
 from reproml.errors import UserError
-from reproml.methods.meta_lstm import build, query_logits
+from reproml.evaluation.evaluate import meta_lstm_classifier
+from reproml.methods.meta_lstm import build
 from reproml.settings import TaskSettings, resolve_device
+from reproml.training.meta_train import meta_step
 
 
 def parse_setting(name):
@@ -100,16 +100,13 @@ def bench(setting_names, image_size=84, episodes=5, device="auto"):
         optimizer = torch.optim.Adam(meta.parameters(), lr=settings.lr)
 
         def train_step(index):
-            episode = sampler.tensors(index, device)
-            loss = F.cross_entropy(query_logits(meta, learner, settings, episode, meta_training=True), episode[3])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(meta.parameters(), settings.grad_clip)
-            optimizer.step()
+            meta_step(meta, learner, settings, optimizer, sampler.tensors(index, device))
+
+        classify = meta_lstm_classifier(meta, learner, settings)
 
         @torch.no_grad()
         def eval_step(index):
-            query_logits(meta, learner, settings, sampler.tensors(index, device), meta_training=False)
+            classify(sampler.tensors(index, device))
 
         train_s = time_episodes(train_step, episodes, device)
         eval_s = time_episodes(eval_step, episodes, device)

@@ -23,8 +23,6 @@ def describe_error(error):
         allowed = ", ".join(error.schema.get("properties", {}))
         return f"config: unknown key {'.'.join([*map(str, error.absolute_path), unknown[0]])!r}; " \
                f"expected one of {allowed}"
-    if error.validator == "required":
-        return f"config: {where}: {error.message}"
     return f"config: {where}: {error.message}"
 
 

@@ -69,8 +69,8 @@ def write_prepared(out, name, splits, image_size, source_info):
             counts[split] = {"classes": len(classes), "images": len(labels),
                              "per_class": {name: int(n) for name, n in zip(classes, per_class)}}
         files = {f"{split}.npz": sha256_file(tmp / f"{split}.npz") for split in splits}
-        manifest = {"format_version": 1, "name": name or Path(out).name, "source": source_info, "image_size": image_size, "splits": counts,
-                    "files": files,
+        manifest = {"format_version": 1, "name": name or Path(out).name, "source": source_info,
+                    "image_size": image_size, "splits": counts, "files": files,
                     "dataset_sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

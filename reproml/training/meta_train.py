@@ -34,6 +34,17 @@ from reproml.statistics import summarize
 CURVE_COLUMNS = ["iteration", "train_loss", "train_acc", "val_acc", "val_ci95"]
 
 
+def meta_step(meta, learner, settings, optimizer, episode):
+    """One meta-training step on one episode; returns the query loss and logits."""
+    logits = query_logits(meta, learner, settings, episode, meta_training=True)
+    loss = F.cross_entropy(logits, episode[3])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(meta.parameters(), settings.grad_clip)
+    optimizer.step()
+    return loss, logits
+
+
 def train(data, settings, iterations, val_every, val_episodes, seed, out, device="auto", label=None, progress=True):
     if iterations < 1 or val_every < 1:
         raise UserError(f"--iterations {iterations} and --val-every {val_every}: both must be at least 1")
@@ -79,12 +90,7 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
         start = time.perf_counter()
         meta.train()
         episode = train_sampler.tensors(iteration, device)
-        logits = query_logits(meta, learner, settings, episode, meta_training=True)
-        loss = F.cross_entropy(logits, episode[3])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(meta.parameters(), settings.grad_clip)
-        optimizer.step()
+        loss, logits = meta_step(meta, learner, settings, optimizer, episode)
         seconds += time.perf_counter() - start
         losses.append(loss.item())
         accs.append(100.0 * (logits.argmax(1) == episode[3]).float().mean().item())

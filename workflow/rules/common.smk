@@ -19,6 +19,7 @@ RUN = "results/runs/{dataset}/{setting}/seed{seed}"
 EVAL = "results/eval/{dataset}/{setting}/seed{seed}/{method}"
 META_LSTM_EVAL = EVAL.replace("{method}", "meta_lstm")
 UNTRAINED_EVAL = "results/eval/{dataset}/{setting}/untrained/{method}"  # methods without a training seed
+PIXEL_NN_EVAL = UNTRAINED_EVAL.replace("{method}", "pixel_nearest_neighbor")
 LATEXMK = shutil.which("latexmk") is not None
 
 wildcard_constraints:
@@ -45,5 +46,4 @@ def all_runs(name):
 def all_evals():
     """Every evaluation summary: the meta-learner per (setting, seed), pixel 1-NN per setting."""
     return (expand(f"{META_LSTM_EVAL}/summary.json", dataset=DATASET, setting=SETTINGS, seed=SEEDS)
-            + expand(f"{UNTRAINED_EVAL}/summary.json", dataset=DATASET, setting=SETTINGS,
-                     method="pixel_nearest_neighbor"))
+            + expand(f"{PIXEL_NN_EVAL}/summary.json", dataset=DATASET, setting=SETTINGS))

@@ -62,10 +62,10 @@ rule evaluate_pixel_nearest_neighbor:
     input:
         manifest=f"{DATA}/manifest.json",
     output:
-        summary=f"{UNTRAINED_EVAL}/summary.json".replace("{method}", "pixel_nearest_neighbor"),
-        episodes=f"{UNTRAINED_EVAL}/episodes.csv".replace("{method}", "pixel_nearest_neighbor"),
+        summary=f"{PIXEL_NN_EVAL}/summary.json",
+        episodes=f"{PIXEL_NN_EVAL}/episodes.csv",
     params:
-        out=UNTRAINED_EVAL.replace("{method}", "pixel_nearest_neighbor"),
+        out=PIXEL_NN_EVAL,
         episode=lambda w: "--n-way {n_way} --k-shot {k_shot} --n-query {n_query}".format(**config["settings"][w.setting]),
         episodes=config["test_episodes"],
         seed=config["eval_seed"],

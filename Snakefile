@@ -11,6 +11,7 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/meta_lstm.smk"
+include: "workflow/rules/baselines.smk"
 include: "workflow/rules/report.smk"
 
 

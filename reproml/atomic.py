@@ -1,5 +1,6 @@
 """Write files and folders so that a reader never sees half of one: write to a temporary
-name beside the target, then rename (atomic on POSIX within one file system)."""
+name beside the target, then rename (atomic on POSIX within one file system). And read back
+reproml's own checkpoints without unpickling anything but tensors and plain values."""
 
 import json
 import os
@@ -9,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from reproml.errors import UserError
 
 
 def umask_mode(mode):
@@ -63,3 +66,18 @@ def write_json(path, obj):
 def save_torch(path, obj):
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def load_checked(path, expected_format, what):
+    """A checkpoint written by reproml, unpickling only tensors and plain values; a missing,
+    unreadable or foreign file is a UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != expected_format:
+        raise UserError(f"{path}: not a reproml {what} (expected format {expected_format})")
+    return ckpt

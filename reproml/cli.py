@@ -1,4 +1,4 @@
-"""The `reproml` command line: describe, prepare, train, evaluate.
+"""The `reproml` command line: describe, prepare, train, pretrain, select-finetune, evaluate, report.
 
 A mistake in the input (a path, a file, a value) ends with one line on stderr naming the
 culprit and exit status 2; an interruption with status 130 and a hint to rerun (training resumes).
@@ -9,6 +9,7 @@ import json
 import sys
 
 from reproml.errors import UserError
+from reproml.methods.finetune import GRID_DECAYS, GRID_LRS
 from reproml.settings import DEVIATIONS
 
 
@@ -54,11 +55,38 @@ def train(args):
           f"checkpoint {args.out}/best.pt")
 
 
+def pretrain(args):
+    from reproml.training.pretrain import pretrain
+
+    summary = pretrain(args.data, args.steps, args.batch_size, args.lr, args.val_every, args.val_episodes, args.seed,
+                       args.out, args.device, progress=not args.quiet)
+    print(f"best validation 1-NN accuracy {summary['best_val_acc']:.2f}% at step {summary['best_step']}; "
+          f"network {args.out}/best.pt")
+
+
+def select_finetune(args):
+    from reproml.training.select_finetune import select_finetune
+
+    choice = select_finetune(args.data, args.checkpoint, args.n_way, args.k_shot, args.n_query,
+                             parse_floats(args.lrs, "--lrs"), parse_floats(args.decays, "--decays"), args.episodes,
+                             args.seed, args.out, args.device, progress=not args.quiet)
+    print(f"chose lr {choice['lr']:g}, decay {choice['decay']:g}: {choice['val_acc']:.2f}% on "
+          f"{choice['episodes']} validation episodes; wrote {args.out}/choice.json")
+
+
+def parse_floats(text, option):
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected comma-separated numbers") from None
+
+
 def evaluate(args):
     from reproml.evaluation.evaluate import evaluate
 
     s = evaluate(args.data, args.episodes, args.seed, args.out, args.method, args.checkpoint, args.device,
-                 args.split, args.n_way, args.k_shot, args.n_query, args.label, progress=not args.quiet)
+                 args.split, args.n_way, args.k_shot, args.n_query, args.label, args.finetune_choice,
+                 progress=not args.quiet)
     print(f"{s['method']}, {s['n_way']}-way {s['k_shot']}-shot, {s['episodes']} {args.split} episodes: "
           f"{s['acc_mean']:.2f}% +- {s['ci95']:.2f} (95% CI)")
 
@@ -71,9 +99,9 @@ def aggregate(args):
 
 
 def figures(args):
-    from reproml.report.figures import curve_figures
+    from reproml.report.figures import curve_figures, gate_figures
 
-    for path in curve_figures(args.runs, args.out):
+    for path in curve_figures(args.runs, args.out) + gate_figures(args.gates, args.out):
         print(f"wrote {path}")
 
 
@@ -81,7 +109,7 @@ def report(args):
     from reproml.report.render import render_report
 
     render_report(args.templates, args.summary, args.manifest, args.figures, args.benchmarks, json.loads(args.config_json),
-                  args.configfiles, args.runs, args.evals, args.out)
+                  args.configfiles, args.runs, args.evals, args.pretrain_runs, args.published, args.out)
     print(f"wrote {args.out}/report.html and {args.out}/report.tex")
 
 
@@ -90,6 +118,14 @@ def bench(args):
 
     results = bench(args.settings.split(","), args.image_size, args.episodes, args.device)
     print(json.dumps(results, indent=2) if args.json else format_table(results))
+
+
+def add_run_options(p):
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def parser():
@@ -129,29 +165,45 @@ def parser():
     t.add_argument("--grad-clip", type=float, default=0.25)
     t.add_argument("--deviation", action="append", default=[], choices=sorted(DEVIATIONS),
                    help="turn on a named deviation from the original code (repeatable)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    t.add_argument("--out", required=True)
     t.add_argument("--label", help="the setting's name in results (default: e.g. 5w1s)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_options(t)
     t.set_defaults(run=train)
 
-    e = sub.add_parser("evaluate", help="evaluate a method (a meta-learner checkpoint) over test episodes")
+    pt = sub.add_parser("pretrain", help="pre-train the baselines' 64-filter network as a classifier (resumes)")
+    pt.add_argument("--data", required=True)
+    pt.add_argument("--steps", type=int, default=30000)
+    pt.add_argument("--batch-size", type=int, default=64)
+    pt.add_argument("--lr", type=float, default=1e-3, help="Adam's step size")
+    pt.add_argument("--val-every", type=int, default=1000)
+    pt.add_argument("--val-episodes", type=int, default=100, help="5-way 1-shot validation episodes (cosine 1-NN)")
+    add_run_options(pt)
+    pt.set_defaults(run=pretrain)
+
+    sf = sub.add_parser("select-finetune", help="choose baseline-finetune's (lr, decay) on validation episodes")
+    sf.add_argument("--data", required=True)
+    sf.add_argument("--checkpoint", required=True, help="a pre-trained network (best.pt of 'reproml pretrain')")
+    sf.add_argument("--n-way", type=int, required=True)
+    sf.add_argument("--k-shot", type=int, required=True)
+    sf.add_argument("--n-query", type=int, default=15)
+    sf.add_argument("--lrs", default=",".join(map(str, GRID_LRS)), help="the grid's step sizes")
+    sf.add_argument("--decays", default=",".join(map(str, GRID_DECAYS)), help="the grid's decays")
+    sf.add_argument("--episodes", type=int, default=100, help="validation episodes per grid point")
+    add_run_options(sf)
+    sf.set_defaults(run=select_finetune)
+
+    e = sub.add_parser("evaluate", help="evaluate a method over test episodes")
     e.add_argument("--data", required=True)
-    e.add_argument("--method", default="meta_lstm", help="meta_lstm (needs --checkpoint) or pixel_nearest_neighbor")
-    e.add_argument("--checkpoint", help="a best.pt written by 'reproml train'")
+    e.add_argument("--method", default="meta_lstm", help="meta_lstm, baseline_nearest_neighbor, baseline_finetune "
+                                                         "or pixel_nearest_neighbor")
+    e.add_argument("--checkpoint", help="meta_lstm: a best.pt of 'reproml train'; baseline_*: of 'reproml pretrain'")
+    e.add_argument("--finetune-choice", help="baseline_finetune: the choice.json of 'reproml select-finetune'")
     e.add_argument("--label", help="the setting's name in results (default: the checkpoint's, or e.g. 5w1s)")
     e.add_argument("--episodes", type=int, default=600)
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--n-way", type=int, help="must match the checkpoint's (checked)")
     e.add_argument("--k-shot", type=int, help="default: the checkpoint's")
     e.add_argument("--n-query", type=int, help="default: the checkpoint's")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    e.add_argument("--out", required=True)
-    e.add_argument("--quiet", action="store_true")
+    add_run_options(e)
     e.set_defaults(run=evaluate)
 
     a = sub.add_parser("aggregate", help="results/summary.csv from evaluation summaries")
@@ -160,8 +212,9 @@ def parser():
     a.add_argument("--out", required=True)
     a.set_defaults(run=aggregate)
 
-    f = sub.add_parser("figures", help="validation curves, one PNG per setting")
+    f = sub.add_parser("figures", help="validation curves and gate values, PNGs per setting")
     f.add_argument("runs", nargs="+", help="run.json files written by 'reproml train'")
+    f.add_argument("--gates", nargs="*", default=[], help="gates.csv files written by 'reproml evaluate'")
     f.add_argument("--out", required=True)
     f.set_defaults(run=figures)
 
@@ -175,6 +228,8 @@ def parser():
     r.add_argument("--configfiles", default="config/config.yaml")
     r.add_argument("--runs", nargs="+", required=True)
     r.add_argument("--evals", nargs="+", required=True)
+    r.add_argument("--pretrain-runs", nargs="*", default=[], help="run.json files written by 'reproml pretrain'")
+    r.add_argument("--published", required=True, help="published-results.yaml (for the claims)")
     r.add_argument("--out", required=True)
     r.set_defaults(run=report)
 

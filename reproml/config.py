@@ -54,6 +54,10 @@ def validate_config(config, schema_path):
             raise UserError(f"config: dataset.root is missing; format {dataset['format']!r} reads a folder")
         if not Path(dataset["root"]).is_dir():
             raise UserError(f"config: dataset.root: {dataset['root']} does not exist")
+    pretrain = config["baselines"]["pretrain"]
+    if pretrain["val_every"] > pretrain["steps"]:
+        raise UserError(f"config: baselines.pretrain.val_every: {pretrain['val_every']} is more than its "
+                        f"steps ({pretrain['steps']})")
     for name, setting in config["settings"].items():
         if setting["val_every"] > setting["iterations"]:
             raise UserError(f"config: settings.{name}.val_every: {setting['val_every']} is more than its "

@@ -1,7 +1,12 @@
-"""Small datasets generated on the fly, in each source format, and a helper to run the CLI."""
+"""Small datasets generated on the fly, in each source format, and helpers to run the CLI."""
 
 import csv
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -96,3 +101,12 @@ def run_cli(capsys, *argv):
     status = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+def kill_after_first_checkpoint(argv, checkpoint):
+    """Start `reproml argv...` in a subprocess and SIGKILL it as soon as `checkpoint` exists."""
+    process = subprocess.Popen([sys.executable, "-m", "reproml", *map(str, argv)])
+    while not Path(checkpoint).exists() and process.poll() is None:
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()

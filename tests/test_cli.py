@@ -2,16 +2,13 @@
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import REAL_DATA, needs_real_data, run_cli
+from conftest import REAL_DATA, kill_after_first_checkpoint, needs_real_data, run_cli
 from reproml.statistics import summarize
 
 TINY = ["--n-way", 3, "--k-shot", 1, "--n-query", 3, "--epochs", 2]
@@ -59,30 +56,6 @@ def test_train_then_evaluate(tmp_path, capsys, prepared):
     assert (tmp_path / "again" / "episodes.csv").read_text() == (tmp_path / "eval" / "episodes.csv").read_text()
 
 
-def test_two_methods_with_the_same_seed_see_identical_episodes(tmp_path, capsys, prepared):
-    train(capsys, prepared, tmp_path / "run", iterations=2)
-    def evaluate(seed, out, *method):
-        return run_cli(capsys, "evaluate", "--data", prepared, "--episodes", 5, "--seed", seed, "--device", "cpu",
-                       "--quiet", "--out", tmp_path / out, *method)[0]
-    pixel = ["--method", "pixel_nearest_neighbor", "--n-way", 3, "--k-shot", 1, "--n-query", 3]
-    assert evaluate(3, "meta", "--checkpoint", tmp_path / "run" / "best.pt") == 0
-    assert evaluate(3, "pixel", *pixel) == 0
-    assert evaluate(4, "other", *pixel) == 0
-    def fingerprints(name):
-        return [row["episode_sha"] for row in csv.DictReader(open(tmp_path / name / "episodes.csv"))]
-    assert fingerprints("meta") == fingerprints("pixel")
-    assert len(set(fingerprints("meta"))) == 5
-    assert not set(fingerprints("meta")) & set(fingerprints("other"))  # another seed, other episodes
-
-
-def test_pixel_nearest_neighbour_is_exact_on_copies_of_the_support_set():
-    from reproml.methods import pixel_nn
-    support = torch.rand(3, 3, 4, 4)
-    labels = torch.tensor([2, 0, 1])
-    query = support[[1, 2, 0, 0]] * 0.5  # cosine similarity ignores scale
-    assert pixel_nn.classify((support, labels, query, None)).tolist() == [0, 1, 2, 2]
-
-
 def test_checkpoint_must_match_the_request(tmp_path, capsys, prepared):
     train(capsys, prepared, tmp_path / "run", iterations=2)
     ckpt = tmp_path / "run" / "best.pt"
@@ -125,14 +98,9 @@ def test_user_errors_print_no_traceback(tmp_path):
 def test_a_killed_run_resumes_to_the_same_numbers(tmp_path, capsys, prepared):
     assert train(capsys, prepared, tmp_path / "whole", iterations=30, val_every=3)[0] == 0
 
-    command = [sys.executable, "-m", "reproml", "train", "--data", prepared, *TINY, "--iterations", 30,
-               "--val-every", 3, "--val-episodes", 3, "--seed", 0, "--device", "cpu",
-               "--out", tmp_path / "killed", "--quiet"]
-    process = subprocess.Popen([str(a) for a in command])
-    while not (tmp_path / "killed" / "last.pt").exists() and process.poll() is None:
-        time.sleep(0.005)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_after_first_checkpoint(["train", "--data", prepared, *TINY, "--iterations", 30, "--val-every", 3,
+                                 "--val-episodes", 3, "--seed", 0, "--device", "cpu", "--out", tmp_path / "killed",
+                                 "--quiet"], tmp_path / "killed" / "last.pt")
     interrupted_at = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["state"]["iteration"]
     assert interrupted_at < 30, "the run finished before it could be killed"
     assert not (tmp_path / "killed" / "run.json").exists()

@@ -26,8 +26,13 @@ def test_shipped_configs_are_valid_and_get_defaults():
         config = validate_config(yaml.safe_load((REPO / "config" / name).read_text()), SCHEMA)
         assert config["eval_seed"] == 0 and config["deviations"] == []
         assert all(s["lr"] == 0.001 and s["grad_clip"] == 0.25 for s in config["settings"].values())
+        assert config["baselines"]["pretrain"]["lr"] == 0.001 and config["baselines"]["finetune"]["decays"]
     paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     assert paper["settings"]["5w1s"]["iterations"] == 75000 and paper["test_episodes"] == 600
+    baselines = validate_config({"dataset": {"name": "d", "format": "demo"}, "settings": paper["settings"]},
+                                SCHEMA)["baselines"]
+    assert baselines == paper["baselines"]  # the defaults are the original code's
+    assert len(baselines["finetune"]["lrs"]) * len(baselines["finetune"]["decays"]) == 42
 
 
 def test_schema_knows_every_deviation():
@@ -46,6 +51,9 @@ def test_schema_knows_every_deviation():
     (lambda c: c["dataset"].update(format="ravi"), "config: dataset.root is missing"),
     (lambda c: c["dataset"].update(format="ravi", root="/nowhere"), "config: dataset.root: /nowhere does not exist"),
     (lambda c: c["settings"]["5w1s"].update(val_every=50), "config: settings.5w1s.val_every: 50 is more than"),
+    (lambda c: c["baselines"]["pretrain"].update(val_every=50), "config: baselines.pretrain.val_every: 50 is more than"),
+    (lambda c: c["baselines"]["finetune"].update(lrs=[0.1, 0]), "config: baselines.finetune.lrs.1: 0 is less than or"),
+    (lambda c: c["baselines"].update(augment=True), "config: unknown key 'baselines.augment'"),
 ])
 def test_mistakes_name_the_key(change, message):
     with pytest.raises(UserError) as error:

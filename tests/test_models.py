@@ -1,5 +1,6 @@
 """The learner and the meta-learner against hand-computed values and the original's counts."""
 
+import csv
 import math
 
 import pytest
@@ -188,3 +189,24 @@ def test_layer1_follows_torch_lstm_cell():
     got_h, got_c = meta.layer1(x, h, c)
     torch.testing.assert_close(got_h, expected_h)
     torch.testing.assert_close(got_c, expected_c)
+
+
+def test_gate_values_are_averaged_per_layer_then_over_episodes(tmp_path):
+    from reproml.evaluation.gates import GateRecorder
+
+    learner = Learner(LearnerSpec(2, 16, 1))  # conv 28, bn 2, conv 10, bn 2, ... head 2*1+2
+    recorder = GateRecorder(learner, "cpu")
+    layer = learner.layer_of_each_param()
+    conv1 = (layer == 0).float()  # 1 on conv1's 28 parameters, 0 elsewhere
+    for scale in (1.0, 3.0):  # two episodes of two updates: (forget, input)
+        recorder.record([(0.5 * conv1 * scale, 0.1 * torch.ones(learner.n_params) * scale),
+                         (torch.zeros(learner.n_params), layer.float() * scale)])
+    recorder.write_csv(tmp_path / "gates.csv")
+    rows = {(int(r["update"]), r["layer"], r["gate"]): r for r in csv.DictReader(open(tmp_path / "gates.csv"))}
+    assert len(rows) == 2 * 2 * len(learner.layer_sizes())
+    assert float(rows[1, "conv1", "forget"]["mean"]) == pytest.approx(1.0)  # (0.5 + 1.5) / 2
+    assert float(rows[1, "conv1", "forget"]["std"]) == pytest.approx(math.sqrt(0.5))  # sample std of 0.5, 1.5
+    assert float(rows[1, "bn1", "forget"]["mean"]) == 0.0
+    assert float(rows[1, "head", "input"]["mean"]) == pytest.approx(0.2)  # (0.1 + 0.3) / 2
+    assert float(rows[2, "head", "input"]["mean"]) == pytest.approx(16.0)  # layer index 8, times (1 + 3) / 2
+    assert rows[2, "head", "input"]["episodes"] == "2"

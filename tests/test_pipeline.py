@@ -48,23 +48,32 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_dag_produces_summary_and_report(smoke_run):
     rows = summary_rows(smoke_run)
-    assert [(r["setting"], r["method"]) for r in rows] == [
-        ("5w1s", "meta_lstm"), ("5w1s", "pixel_nearest_neighbor"), ("5w2s", "meta_lstm"), ("5w2s", "pixel_nearest_neighbor")]
+    methods = ["meta_lstm", "baseline_finetune", "baseline_nearest_neighbor", "pixel_nearest_neighbor"]
+    assert [(r["setting"], r["method"]) for r in rows] == [(s, m) for s in ("5w1s", "5w2s") for m in methods]
     for row in rows:
         assert row["dataset"] == "demo-smoke" and int(row["episodes"]) == 6
         assert 0 <= float(row["acc_mean"]) <= 100 and float(row["ci95"]) >= 0
+        assert (row["meta_lstm_minus_this"] == "") == (row["method"] == "meta_lstm")
     assert rows[0]["paper_mean"] == "43.4400" and rows[0]["verdict"] == "not comparable (demo data)"
-    assert rows[0]["meta_lstm_minus_this"] == "" and rows[1]["meta_lstm_minus_this"] != ""
-    pixel = list(csv.DictReader(open(smoke_run / "results/eval/demo-smoke/5w1s/untrained/pixel_nearest_neighbor/episodes.csv")))
+    assert rows[1]["paper_mean"] == "28.8600" and rows[2]["paper_mean"] == "41.0800"
     meta = list(csv.DictReader(open(smoke_run / "results/eval/demo-smoke/5w1s/seed0/meta_lstm/episodes.csv")))
-    differences = [float(m["accuracy"]) - float(p["accuracy"]) for m, p in zip(meta, pixel)]
-    assert float(rows[1]["meta_lstm_minus_this"]) == pytest.approx(sum(differences) / len(differences), abs=1e-3)
+    for row, folder in zip(rows[1:4], ("seed0/baseline_finetune", "seed0/baseline_nearest_neighbor",
+                                       "untrained/pixel_nearest_neighbor")):
+        other = list(csv.DictReader(open(smoke_run / f"results/eval/demo-smoke/5w1s/{folder}/episodes.csv")))
+        assert [o["episode_sha"] for o in other] == [m["episode_sha"] for m in meta]
+        differences = [float(m["accuracy"]) - float(o["accuracy"]) for m, o in zip(meta, other)]
+        assert float(row["meta_lstm_minus_this"]) == pytest.approx(sum(differences) / len(differences), abs=1e-3)
     html = (smoke_run / "results" / "report" / "report.html").read_text()
     assert "Demo data." in html and "data:image/png;base64," in html and "5w2s" in html
-    assert "Pixel nearest-neighbour" in html and "Meta-LSTM minus this" in html
+    for text in ("Pixel nearest-neighbour", "Baseline fine-tune", "Meta-LSTM minus this", "The paper’s claims",
+                 "Not judged (demo data).", "gate values for 5w1s", "Chosen lr"):
+        assert text in html, text
     tex = (smoke_run / "results" / "report" / "report.tex").read_text()
     assert r"\begin{tabular}" in tex and r"\toprule" in tex and "demo-smoke" in tex
-    per_job = ["prepare_data/demo-smoke", "train_meta_lstm/demo-smoke/5w1s/seed0",
+    assert r"{figures/gates\_5w2s.png}" in tex and "The paper's claims" in tex
+    per_job = ["prepare_data/demo-smoke", "train_meta_lstm/demo-smoke/5w1s/seed0", "pretrain/demo-smoke/seed0",
+               "select_finetune/demo-smoke/5w2s/seed0", "evaluate_baseline_finetune/demo-smoke/5w1s/seed0",
+               "evaluate_baseline_nearest_neighbor/demo-smoke/5w1s/seed0",
                "evaluate_meta_lstm/demo-smoke/5w2s/seed0", "aggregate", "figures", "report"]
     for job in per_job:
         assert (smoke_run / "logs" / f"{job}.log").is_file(), job
@@ -139,8 +148,9 @@ def test_the_same_pipeline_runs_on_real_data_by_overriding_the_dataset(tmp_path)
     result = snakemake(cwd, "--configfile", "config/smoke.yaml", "real.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = summary_rows(cwd)
-    assert {r["dataset"] for r in rows} == {"miniimagenet-100"} and len(rows) == 4
-    assert rows[0]["verdict"] in ("consistent", "lower", "higher")
+    assert {r["dataset"] for r in rows} == {"miniimagenet-100"} and len(rows) == 8
+    assert [r["method"] for r in rows[:3]] == ["meta_lstm", "baseline_finetune", "baseline_nearest_neighbor"]
+    assert all(r["verdict"] in ("consistent", "lower", "higher") for r in rows[:3])
     manifest = json.loads((cwd / "results" / "data" / "miniimagenet-100" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["classes"] == 64 and manifest["image_size"] == 84
 

@@ -1,7 +1,15 @@
 """Meta-test: run a method on each test episode (the meta-learner adapts on the support set,
-a baseline just classifies), score the queries, summarise."""
+a baseline fine-tunes or just classifies), score the queries, summarise.
+
+Methods and what `--checkpoint` means for each:
+  meta_lstm                  a meta-learner (best.pt of 'reproml train'); also records its gates
+  baseline_nearest_neighbor  a pre-trained network (best.pt of 'reproml pretrain')
+  baseline_finetune          a pre-trained network, plus the (lr, decay) of 'reproml select-finetune'
+  pixel_nearest_neighbor     nothing
+"""
 
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -12,17 +20,20 @@ from reproml.atomic import atomic_path, write_json
 from reproml.data.episodes import EpisodeSampler
 from reproml.data.prepared import load_split, read_manifest
 from reproml.errors import UserError
-from reproml.methods import pixel_nn
+from reproml.evaluation.gates import GateRecorder
+from reproml.methods.finetune import finetune_classifier
 from reproml.methods.meta_lstm import load_checkpoint, query_logits
+from reproml.methods.nearest_neighbor import feature_nearest_neighbor, pixel_nearest_neighbor
+from reproml.models.pretrained import load_pretrained
 from reproml.settings import TaskSettings, resolve_device
 from reproml.statistics import summarize
 
-METHODS = ("meta_lstm", "pixel_nearest_neighbor")
+METHODS = ("meta_lstm", "baseline_nearest_neighbor", "baseline_finetune", "pixel_nearest_neighbor")
 
 
 @torch.no_grad()
 def episode_accuracies(classify, sampler, episodes, device, desc="evaluate", progress=True):
-    """Accuracy (percent) of `classify(episode) -> query predictions` on episodes 0..episodes-1."""
+    """Accuracy (percent) of `classify(episode) -> query predictions` on episodes 0..episodes-1, in order."""
     accuracies = []
     for index in tqdm(range(episodes), desc=desc, unit="ep", disable=not progress, leave=False):
         episode = sampler.tensors(index, device)
@@ -30,13 +41,65 @@ def episode_accuracies(classify, sampler, episodes, device, desc="evaluate", pro
     return accuracies
 
 
-def meta_lstm_classifier(meta, learner, settings):
-    return lambda episode: query_logits(meta, learner, settings, episode, meta_training=False).argmax(1)
+def meta_lstm_classifier(meta, learner, settings, gate_recorder=None):
+    def classify(episode):
+        gates = [] if gate_recorder else None
+        logits = query_logits(meta, learner, settings, episode, meta_training=False, gates=gates)
+        if gate_recorder:
+            gate_recorder.record(gates)
+        return logits.argmax(1)
+    return classify
+
+
+def read_finetune_choice(path):
+    try:
+        choice = json.loads(Path(path).read_text())
+        return {"finetune_lr": float(choice["lr"]), "finetune_decay": float(choice["decay"]),
+                "finetune_val_acc": float(choice["val_acc"]), "finetune_grid_points": int(choice["grid_points"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path}: not a fine-tuning choice (a JSON file with lr and decay, "
+                        "written by 'reproml select-finetune')") from None
+
+
+def check_image_size(path, trained_size, manifest, data):
+    if manifest["image_size"] != trained_size:
+        raise UserError(f"{path}: trained on {trained_size}x{trained_size} images, but "
+                        f"{data} holds {manifest['image_size']}x{manifest['image_size']}")
+
+
+def meta_lstm_method(checkpoint, device, manifest, data, n_way, k_shot, n_query):
+    learner, meta, settings, ckpt = load_checkpoint(checkpoint, device)
+    if n_way is not None and n_way != settings.n_way:
+        raise UserError(f"{checkpoint}: trained for {settings.n_way}-way episodes, not --n-way {n_way} "
+                        "(the learner's output layer has one unit per class)")
+    overrides = {"k_shot": k_shot, "n_query": n_query}
+    settings = TaskSettings.from_dict({**settings.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
+    check_image_size(checkpoint, settings.image_size, manifest, data)
+    meta.eval()
+    recorder = GateRecorder(learner, device)
+    info = {"checkpoint": str(checkpoint), "checkpoint_iteration": ckpt.get("iteration"), "train_seed": ckpt.get("seed")}
+    return meta_lstm_classifier(meta, learner, settings, recorder), settings, info, ckpt.get("setting"), recorder
+
+
+def baseline_method(method, checkpoint, finetune_choice, seed, device, manifest, data, settings):
+    if checkpoint is None:
+        raise UserError(f"--method {method} needs --checkpoint (a pre-trained network from 'reproml pretrain')")
+    pretrained, ckpt = load_pretrained(checkpoint, device)
+    check_image_size(checkpoint, ckpt["image_size"], manifest, data)
+    info = {"checkpoint": str(checkpoint), "checkpoint_iteration": ckpt.get("step"), "train_seed": ckpt.get("seed")}
+    if method == "baseline_nearest_neighbor":
+        return feature_nearest_neighbor(pretrained), info
+    if finetune_choice is None:
+        raise UserError("--method baseline_finetune needs --finetune-choice (from 'reproml select-finetune')")
+    choice = read_finetune_choice(finetune_choice)
+    classify = finetune_classifier(pretrained, settings.n_way, choice["finetune_lr"], choice["finetune_decay"], seed)
+    return classify, {**info, **choice}
 
 
 def evaluate(data, episodes, seed, out, method="meta_lstm", checkpoint=None, device="auto", split="test",
-             n_way=None, k_shot=None, n_query=None, label=None, progress=True):
-    """Evaluate one method on test episodes 0..episodes-1 of `seed`; write episodes.csv and summary.json.
+             n_way=None, k_shot=None, n_query=None, label=None, finetune_choice=None, progress=True):
+    """Evaluate one method on episodes 0..episodes-1 of `seed`; write episodes.csv and summary.json
+    (and gates.csv for the meta-learner).
 
     Every method sees the same episodes for the same seed; episodes.csv records a fingerprint of
     each episode's images so that a paired comparison can check it."""
@@ -46,35 +109,27 @@ def evaluate(data, episodes, seed, out, method="meta_lstm", checkpoint=None, dev
         raise UserError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     device = resolve_device(device)
     manifest = read_manifest(data)
-    info = {}
+    recorder = None
     if method == "meta_lstm":
         if checkpoint is None:
             raise UserError("--method meta_lstm needs --checkpoint")
-        learner, meta, settings, ckpt = load_checkpoint(checkpoint, device)
-        if n_way is not None and n_way != settings.n_way:
-            raise UserError(f"{checkpoint}: trained for {settings.n_way}-way episodes, not --n-way {n_way} "
-                            "(the learner's output layer has one unit per class)")
-        overrides = {"k_shot": k_shot, "n_query": n_query}
-        settings = TaskSettings.from_dict({**settings.to_dict(),
-                                           **{k: v for k, v in overrides.items() if v is not None}})
-        if manifest["image_size"] != settings.image_size:
-            raise UserError(f"{checkpoint}: trained on {settings.image_size}x{settings.image_size} images, but "
-                            f"{data} holds {manifest['image_size']}x{manifest['image_size']}")
-        meta.eval()
-        classify = meta_lstm_classifier(meta, learner, settings)
-        info = {"checkpoint": str(checkpoint), "checkpoint_iteration": ckpt.get("iteration"),
-                "train_seed": ckpt.get("seed")}
-        label = label or ckpt.get("setting")
+        classify, settings, info, trained_label, recorder = meta_lstm_method(checkpoint, device, manifest, data,
+                                                                             n_way, k_shot, n_query)
+        label = label or trained_label
     else:
         if n_way is None or k_shot is None:
             raise UserError(f"--method {method} needs --n-way and --k-shot")
         settings = TaskSettings(n_way, k_shot, manifest["image_size"], n_query=n_query or 15)
-        classify = pixel_nn.classify
+        if method == "pixel_nearest_neighbor":
+            classify, info = pixel_nearest_neighbor, {}
+        else:
+            classify, info = baseline_method(method, checkpoint, finetune_choice, seed, device, manifest, data,
+                                             settings)
     label = label or f"{settings.n_way}w{settings.k_shot}s"
     sampler = EpisodeSampler(load_split(data, split, device), settings.n_way, settings.k_shot,
                              settings.n_query, seed, stream=split)
     start = time.perf_counter()
-    accuracies = episode_accuracies(classify, sampler, episodes, device, progress=progress)
+    accuracies = episode_accuracies(classify, sampler, episodes, device, desc=f"evaluate {method}", progress=progress)
     seconds = time.perf_counter() - start
 
     out = Path(out)
@@ -83,6 +138,8 @@ def evaluate(data, episodes, seed, out, method="meta_lstm", checkpoint=None, dev
         writer = csv.writer(f)
         writer.writerow(["episode", "accuracy", "episode_sha"])
         writer.writerows((i, f"{a:.6f}", sampler.fingerprint(i)) for i, a in enumerate(accuracies))
+    if recorder:
+        recorder.write_csv(out / "gates.csv")
     summary = {**summarize(accuracies), "method": method, "dataset": manifest.get("name"),
                "dataset_format": manifest["source"]["format"], "setting": label, "train_seed": None, **info,
                "split": split, "seed": seed, "n_way": settings.n_way, "k_shot": settings.k_shot,

@@ -8,12 +8,10 @@ maps (loss, gradient, parameters) to the next parameters. The chain c_0 -> c_T t
 LSTM stays differentiable, so the query loss trains the meta-learner, cI included.
 """
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-from reproml.errors import UserError
+from reproml.atomic import load_checked
 from reproml.models.learner import Learner, LearnerSpec
 from reproml.models.meta_learner import MetaLearnerLSTM
 from reproml.settings import TaskSettings
@@ -54,14 +52,14 @@ def adapt(meta, learner, settings, support_x, support_y, gates=None):
     return c, bn_stats
 
 
-def query_logits(meta, learner, settings, episode, meta_training):
-    """Adapt on the support set and return the query logits.
+def query_logits(meta, learner, settings, episode, meta_training, gates=None):
+    """Adapt on the support set and return the query logits (`gates` as for `adapt`).
 
     BN protocol: during meta-training the queries are normalised with their own batch
     statistics; at meta-validation and meta-test with the episode's running statistics,
     so that no query's statistics reach another query's prediction."""
     support_x, support_y, query_x, _ = episode
-    c, bn_stats = adapt(meta, learner, settings, support_x, support_y)
+    c, bn_stats = adapt(meta, learner, settings, support_x, support_y, gates)
     batch_stats = meta_training or settings.has("query_batch_stats_at_test")
     return learner(c, query_x, bn_stats, batch_stats, settings.bn_momentum)
 
@@ -72,16 +70,8 @@ def checkpoint(meta, settings, **info):
 
 
 def load_checkpoint(path, device):
-    """A trained meta-learner and its settings; only tensors and plain values are unpickled."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable checkpoint ({exc.__class__.__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: not a reproml meta-learner checkpoint (expected format {CHECKPOINT_FORMAT})")
+    """A trained meta-learner and its settings."""
+    ckpt = load_checked(path, CHECKPOINT_FORMAT, "meta-learner checkpoint")
     settings = TaskSettings.from_dict(ckpt["settings"])
     learner = Learner(LearnerSpec(settings.n_way, settings.image_size, settings.filters))
     meta = MetaLearnerLSTM(learner.n_params)

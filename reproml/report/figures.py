@@ -1,4 +1,5 @@
-"""Validation-accuracy curves, one figure per setting, every seed, the selected checkpoint marked."""
+"""The report's figures: validation-accuracy curves (every seed, the selected checkpoint marked)
+and the meta-learner's gate values across inner updates, one of each per setting."""
 
 import json
 from pathlib import Path
@@ -8,8 +9,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from reproml.atomic import atomic_path  # noqa: E402
+
+
+def save(fig, target):
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return target
 
 
 def curve_figures(run_files, out):
@@ -38,10 +48,39 @@ def curve_figures(run_files, out):
         ax.set_title(f"{setting}: validation accuracy (95% CI band; star = selected checkpoint)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        target = Path(out) / f"curve_{setting}.png"
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
-        written.append(target)
+        written.append(save(fig, Path(out) / f"curve_{setting}.png"))
+    return written
+
+
+def gate_figures(gate_files, out):
+    """Write `gates_<setting>.png` into `out`, like the paper's Figure 2: per learner layer, the mean
+    input and forget gate at each inner update, over the test episodes (and seeds) of a setting.
+
+    Each gates.csv sits beside the summary.json of its evaluation, which names the setting."""
+    tables = {}
+    for path in gate_files:
+        setting = json.loads((Path(path).parent / "summary.json").read_text())["setting"]
+        tables.setdefault(setting, []).append(pd.read_csv(path))
+    written = []
+    for setting, frames in tables.items():
+        gates = pd.concat(frames)
+        gates["weighted"] = gates["mean"] * gates["episodes"]
+        pooled = gates.groupby(["gate", "layer", "update"], sort=False)[["weighted", "episodes"]].sum()
+        pooled = (pooled["weighted"] / pooled["episodes"]).rename("mean").reset_index()
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120)
+        for ax, gate in zip(axes, ("input", "forget")):
+            for layer, rows in pooled[pooled["gate"] == gate].groupby("layer", sort=False):
+                ax.plot(rows["update"], rows["mean"], marker="o", ms=3, label=layer,
+                        ls="--" if layer.startswith("bn") else "-")
+            ax.set_xlabel("inner update t")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(f"{gate} gate" + (" (step size on -gradient)" if gate == "input" else
+                                          " (1 = keep the parameter)"), fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("mean gate value")
+        axes[1].legend(fontsize=7, ncol=3, loc="best")
+        seeds = len(frames)
+        fig.suptitle(f"{setting}: gate values per learner layer, mean over {int(frames[0]['episodes'].iloc[0])} test "
+                     f"episodes" + (f" x {seeds} seeds" if seeds > 1 else ""), fontsize=9)
+        written.append(save(fig, Path(out) / f"gates_{setting}.png"))
     return written

@@ -17,14 +17,14 @@ from markupsafe import Markup
 
 from reproml.atomic import atomic_path, write_text
 from reproml.data.prepared import read_manifest
+from reproml.report.aggregate import published_lookup
+from reproml.report.claims import METHOD_NAMES, assess_claims
 from reproml.settings import DEVIATIONS, TaskSettings
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "jinja2", "pillow", "snakemake", "reproml")
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "<": r"\textless{}", ">": r"\textgreater{}"}
-METHOD_NAMES = {"meta_lstm": "Meta-learner LSTM", "baseline_nearest_neighbor": "Baseline nearest-neighbour",
-                "baseline_finetune": "Baseline fine-tune", "pixel_nearest_neighbor": "Pixel nearest-neighbour"}
 
 
 def latex_escape(value):
@@ -101,11 +101,9 @@ def booktabs(rows):
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
 
 
-def run_details(run_files, eval_files):
-    evals = {}
-    for path in eval_files:
-        e = json.loads(Path(path).read_text())
-        evals[(e["setting"], e["train_seed"])] = e
+def run_details(run_files, evals):
+    """Per setting: its hyperparameters and, per seed, the meta-learner's selection and test result."""
+    evals = {(e["setting"], e["train_seed"]): e for e in evals if e["method"] == "meta_lstm"}
     details = {}
     for path in run_files:
         run = json.loads(Path(path).read_text())
@@ -121,29 +119,56 @@ def run_details(run_files, eval_files):
     return details
 
 
+def baseline_details(pretrain_files, evals):
+    """The pre-trained networks, and the fine-tuning point chosen per (setting, seed)."""
+    pretraining = []
+    for path in pretrain_files:
+        run = json.loads(Path(path).read_text())
+        pretraining.append({"seed": run["seed"], "steps": run["steps"], "batch_size": run["batch_size"], "lr": run["lr"],
+                            "best_step": run["best_step"], "best_val_acc": fmt(run["best_val_acc"]),
+                            "val": f"every {run['val_every']} steps over {run['val_episodes']} episodes",
+                            "device": run["device"], "s_per_step": fmt(run["train_s_per_step"], 3)})
+    finetune = [{"setting": e["setting"], "seed": e["train_seed"], "lr": f"{e['finetune_lr']:g}",
+                 "decay": f"{e['finetune_decay']:g}", "val_acc": fmt(e["finetune_val_acc"]),
+                 "grid_points": e["finetune_grid_points"], "test": f"{fmt(e['acc_mean'])} ± {fmt(e['ci95'])}"}
+                for e in evals if e["method"] == "baseline_finetune"]
+    return pretraining, finetune
+
+
+def embedded_figures(figures, names, out):
+    """Copy each figure beside the report (for LaTeX) and inline it (for the self-contained HTML)."""
+    embedded = []
+    for setting, name in names:
+        figure = Path(figures) / name
+        shutil.copyfile(figure, out / "figures" / name)
+        embedded.append({"setting": setting, "file": f"figures/{name}",
+                         "data_uri": "data:image/png;base64," + base64.b64encode(figure.read_bytes()).decode()})
+    return embedded
+
+
 def render_report(templates, summary_csv, manifest_path, figures, benchmarks, config, configfiles, run_files, eval_files,
-                  out):
+                  pretrain_files, published_path, out):
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     summary = pd.read_csv(summary_csv)
     manifest = read_manifest(Path(manifest_path).parent)
+    demo = manifest["source"]["format"] == "demo"
     rows = main_table(summary)
-    details = run_details(run_files, eval_files)
-    curves = []
-    for setting in details:
-        figure = Path(figures) / f"curve_{setting}.png"
-        shutil.copyfile(figure, out / "figures" / figure.name)
-        curves.append({"setting": setting, "file": f"figures/{figure.name}",
-                       "data_uri": "data:image/png;base64," + base64.b64encode(figure.read_bytes()).decode()})
+    evals = [json.loads(Path(p).read_text()) for p in eval_files]
+    details = run_details(run_files, evals)
+    pretraining, finetune = baseline_details(pretrain_files, evals)
+    curves = embedded_figures(figures, [(s, f"curve_{s}.png") for s in details], out)
+    gates = embedded_figures(figures, [(s, f"gates_{s}.png") for s in details], out)
+    claims = assess_claims(summary.to_dict("records"), published_lookup(published_path)[0], demo)
     runs = [json.loads(Path(p).read_text()) for p in run_files]
     context = {
         "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "demo": manifest["source"]["format"] == "demo",
-        "manifest": manifest, "config": config, "rows": rows, "details": details, "curves": curves,
+        "demo": demo, "manifest": manifest, "config": config, "rows": rows, "details": details, "curves": curves,
+        "gates": gates, "claims": claims, "pretraining": pretraining, "finetune": finetune,
         "deviations": [(name, DEVIATIONS[name]) for name in config.get("deviations", [])],
         "versions": package_versions(), "commit": git_commit(),
         "devices": sorted({r["device"] for r in runs}), "rule_times": rule_times(benchmarks),
-        "commands": [f"snakemake --cores 4" + "".join(f" --configfile {f}" for f in configfiles.split()
+        "commands": ["snakemake --cores 4" + "".join(f" --configfile {f}" for f in configfiles.split()
                                                       if f != "config/config.yaml"),
                      "snakemake --cores 4 --forcerun results/runs/*/SETTING/*/run.json   # rerun one setting"],
         "table_header": TABLE_HEADER, "table_keys": TABLE_KEYS, "fmt": fmt,

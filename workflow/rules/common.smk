@@ -20,6 +20,11 @@ EVAL = "results/eval/{dataset}/{setting}/seed{seed}/{method}"
 META_LSTM_EVAL = EVAL.replace("{method}", "meta_lstm")
 UNTRAINED_EVAL = "results/eval/{dataset}/{setting}/untrained/{method}"  # methods without a training seed
 PIXEL_NN_EVAL = UNTRAINED_EVAL.replace("{method}", "pixel_nearest_neighbor")
+BASELINE_NN_EVAL = EVAL.replace("{method}", "baseline_nearest_neighbor")
+BASELINE_FINETUNE_EVAL = EVAL.replace("{method}", "baseline_finetune")
+PRETRAIN = "results/pretrain/{dataset}/seed{seed}"  # the baselines' network: one per dataset and seed
+FINETUNE_GRID = "results/finetune_grid/{dataset}/{setting}/seed{seed}"
+TRAINED_METHODS = ["meta_lstm", "baseline_nearest_neighbor", "baseline_finetune"]
 LATEXMK = shutil.which("latexmk") is not None
 
 wildcard_constraints:
@@ -44,6 +49,15 @@ def all_runs(name):
 
 
 def all_evals():
-    """Every evaluation summary: the meta-learner per (setting, seed), pixel 1-NN per setting."""
-    return (expand(f"{META_LSTM_EVAL}/summary.json", dataset=DATASET, setting=SETTINGS, seed=SEEDS)
+    """Every evaluation summary: trained methods per (setting, seed), pixel 1-NN per setting."""
+    return (expand(f"{EVAL}/summary.json", dataset=DATASET, setting=SETTINGS, seed=SEEDS, method=TRAINED_METHODS)
             + expand(f"{PIXEL_NN_EVAL}/summary.json", dataset=DATASET, setting=SETTINGS))
+
+
+def all_gates():
+    return expand(f"{META_LSTM_EVAL}/gates.csv", dataset=DATASET, setting=SETTINGS, seed=SEEDS)
+
+
+def episode_args(wildcards):
+    """The episode shape of a setting, for the methods that take it on the command line."""
+    return "--n-way {n_way} --k-shot {k_shot} --n-query {n_query}".format(**config["settings"][wildcards.setting])

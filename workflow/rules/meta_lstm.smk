@@ -41,6 +41,7 @@ rule evaluate_meta_lstm:
     output:
         summary=f"{META_LSTM_EVAL}/summary.json",
         episodes=f"{META_LSTM_EVAL}/episodes.csv",
+        gates=f"{META_LSTM_EVAL}/gates.csv",
     params:
         out=META_LSTM_EVAL,
         episodes=config["test_episodes"],
@@ -56,26 +57,3 @@ rule evaluate_meta_lstm:
     shell:
         "reproml evaluate --data {DATA} --checkpoint {input.best} --episodes {params.episodes}"
         " --seed {params.seed} --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"
-
-
-rule evaluate_pixel_nearest_neighbor:
-    input:
-        manifest=f"{DATA}/manifest.json",
-    output:
-        summary=f"{PIXEL_NN_EVAL}/summary.json",
-        episodes=f"{PIXEL_NN_EVAL}/episodes.csv",
-    params:
-        out=PIXEL_NN_EVAL,
-        episode=lambda w: "--n-way {n_way} --k-shot {k_shot} --n-query {n_query}".format(**config["settings"][w.setting]),
-        episodes=config["test_episodes"],
-        seed=config["eval_seed"],
-        device=config["device"],
-    threads: config["threads"]
-    log:
-        "logs/evaluate_pixel_nearest_neighbor/{dataset}/{setting}.log",
-    benchmark:
-        "benchmarks/evaluate_pixel_nearest_neighbor/{dataset}/{setting}.tsv"
-    shell:
-        "reproml evaluate --method pixel_nearest_neighbor --data {DATA} {params.episode} --label {wildcards.setting}"
-        " --episodes {params.episodes} --seed {params.seed} --device {params.device} --threads {threads}"
-        " --out {params.out} > {log} 2>&1"

@@ -16,22 +16,25 @@ rule figures:
     input:
         runs=all_runs("run.json"),
         curves=all_runs("curve.csv"),
+        gates=all_gates(),
     output:
-        expand("results/figures/curve_{setting}.png", setting=SETTINGS),
+        expand("results/figures/{kind}_{setting}.png", kind=["curve", "gates"], setting=SETTINGS),
     log:
         "logs/figures.log",
     benchmark:
         "benchmarks/figures.tsv"
     shell:
-        "reproml figures --out results/figures {input.runs} > {log} 2>&1"
+        "reproml figures --out results/figures {input.runs} --gates {input.gates} > {log} 2>&1"
 
 
 rule report:
     input:
         summary="results/summary.csv",
-        figures=expand("results/figures/curve_{setting}.png", setting=SETTINGS),
+        figures=expand("results/figures/{kind}_{setting}.png", kind=["curve", "gates"], setting=SETTINGS),
         runs=all_runs("run.json"),
         evals=all_evals(),
+        pretrain_runs=expand(f"{PRETRAIN}/run.json", dataset=DATASET, seed=SEEDS),
+        published="report/published-results.yaml",
         manifest=f"{DATA}/manifest.json",
         templates=Path("report/templates").glob("*.j2"),
     output:
@@ -47,7 +50,8 @@ rule report:
     shell:
         "reproml report --templates report/templates --summary {input.summary} --manifest {input.manifest} --figures results/figures"
         " --benchmarks benchmarks --config-json {params.config:q} --configfiles {params.configfiles:q}"
-        " --runs {input.runs} --evals {input.evals} --out results/report > {log} 2>&1"
+        " --runs {input.runs} --evals {input.evals} --pretrain-runs {input.pretrain_runs} --published {input.published}"
+        " --out results/report > {log} 2>&1"
 
 
 rule report_pdf:

@@ -1,0 +1,76 @@
+"""What a training run keeps between validations, shared by meta-training and pre-training:
+the training loss, accuracy and seconds since the last validation, the validation curve, and
+the best validation so far. All of it is plain data, saved in last.pt to resume."""
+
+import csv
+import io
+import sys
+
+import torch
+
+from reproml.atomic import save_torch, write_text
+from reproml.errors import UserError
+
+CURVE_COLUMNS = ["iteration", "train_loss", "train_acc", "val_acc", "val_ci95"]
+
+
+def check_schedule(length_option, length, val_every, val_episodes):
+    if length < 1 or val_every < 1:
+        raise UserError(f"{length_option} {length} and --val-every {val_every}: both must be at least 1")
+    if val_episodes < 2:
+        raise UserError(f"--val-episodes {val_episodes}: need at least 2 for a confidence interval")
+
+
+def load_last(out, run_config, device):
+    """The contents of `out`/last.pt if an earlier run with the same configuration left one, else None."""
+    last = out / "last.pt"
+    if not last.exists():
+        return None
+    saved = torch.load(last, map_location=device, weights_only=True)
+    if saved["run_config"] != run_config:
+        raise UserError(f"{out}: holds a run with other settings; use another --out or delete that folder")
+    print(f"{out}: resuming from iteration {saved['state']['iteration']}", file=sys.stderr, flush=True)
+    return saved
+
+
+def new_state():
+    return {"iteration": 0, "curve": [], "best_val_acc": None, "best_iteration": None, "train_seconds": 0.0,
+            "window": {"losses": [], "accs": [], "seconds": 0.0}}
+
+
+def record_step(state, loss, accuracy, seconds):
+    window = state["window"]
+    window["losses"].append(loss)
+    window["accs"].append(accuracy)
+    window["seconds"] += seconds
+
+
+def record_validation(state, iteration, val):
+    """Add a curve row for `iteration` (training means since the last validation, then the
+    validation result) and return whether it is the best validation so far."""
+    window = state["window"]
+    state["curve"].append({"iteration": iteration, "train_loss": sum(window["losses"]) / len(window["losses"]),
+                           "train_acc": sum(window["accs"]) / len(window["accs"]), "val_acc": val["acc_mean"],
+                           "val_ci95": val["ci95"]})
+    state["train_seconds"] += window["seconds"]
+    state["window"] = {"losses": [], "accs": [], "seconds": 0.0}
+    state["iteration"] = iteration
+    improved = state["best_val_acc"] is None or val["acc_mean"] > state["best_val_acc"]
+    if improved:
+        state["best_val_acc"], state["best_iteration"] = val["acc_mean"], iteration
+    return improved
+
+
+def write_outputs(out, state, best):
+    """best.pt and curve.csv, written after every validation so that they can be read while training runs."""
+    save_torch(out / "best.pt", best)
+    write_text(out / "curve.csv", curve_csv(state["curve"]))
+
+
+def curve_csv(rows):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CURVE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()

@@ -1,0 +1,139 @@
+# The paper's baselines: a 64-filter network pre-trained as a classifier (one per dataset and
+# seed), used for cosine 1-NN on its features and for fine-tuning; plus 1-NN on raw pixels.
+# Every method is evaluated on the same test episodes as the meta-learner (same eval seed).
+
+
+def pretrain_args(wildcards):
+    p = config["baselines"]["pretrain"]
+    return (f"--steps {p['steps']} --batch-size {p['batch_size']} --lr {p['lr']}"
+            f" --val-every {p['val_every']} --val-episodes {p['val_episodes']}")
+
+
+def finetune_grid_args(wildcards):
+    f = config["baselines"]["finetune"]
+    return (f"--lrs {','.join(map(str, f['lrs']))} --decays {','.join(map(str, f['decays']))}"
+            f" --episodes {f['val_episodes']}")
+
+
+rule pretrain:
+    input:
+        manifest=f"{DATA}/manifest.json",
+    output:
+        best=f"{PRETRAIN}/best.pt",
+        curve=f"{PRETRAIN}/curve.csv",
+        run=f"{PRETRAIN}/run.json",
+    params:
+        args=pretrain_args,
+        out=PRETRAIN,
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    log:
+        "logs/pretrain/{dataset}/seed{seed}.log",
+    benchmark:
+        "benchmarks/pretrain/{dataset}/seed{seed}.tsv"
+    shell:
+        "reproml pretrain --data {DATA} {params.args} --seed {wildcards.seed} --device {params.device}"
+        " --threads {threads} --out {params.out} > {log} 2>&1"
+
+
+rule select_finetune:
+    input:
+        manifest=f"{DATA}/manifest.json",
+        pretrained=f"{PRETRAIN}/best.pt",
+    output:
+        grid=f"{FINETUNE_GRID}/grid.csv",
+        choice=f"{FINETUNE_GRID}/choice.json",
+    params:
+        episode=episode_args,
+        grid=finetune_grid_args,
+        out=FINETUNE_GRID,
+        seed=config["eval_seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    log:
+        "logs/select_finetune/{dataset}/{setting}/seed{seed}.log",
+    benchmark:
+        "benchmarks/select_finetune/{dataset}/{setting}/seed{seed}.tsv"
+    shell:
+        "reproml select-finetune --data {DATA} --checkpoint {input.pretrained} {params.episode} {params.grid}"
+        " --seed {params.seed} --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"
+
+
+rule evaluate_baseline_nearest_neighbor:
+    input:
+        manifest=f"{DATA}/manifest.json",
+        pretrained=f"{PRETRAIN}/best.pt",
+    output:
+        summary=f"{BASELINE_NN_EVAL}/summary.json",
+        episodes=f"{BASELINE_NN_EVAL}/episodes.csv",
+    params:
+        out=BASELINE_NN_EVAL,
+        episode=episode_args,
+        episodes=config["test_episodes"],
+        seed=config["eval_seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    log:
+        "logs/evaluate_baseline_nearest_neighbor/{dataset}/{setting}/seed{seed}.log",
+    benchmark:
+        "benchmarks/evaluate_baseline_nearest_neighbor/{dataset}/{setting}/seed{seed}.tsv"
+    shell:
+        "reproml evaluate --method baseline_nearest_neighbor --data {DATA} --checkpoint {input.pretrained}"
+        " {params.episode} --label {wildcards.setting} --episodes {params.episodes} --seed {params.seed}"
+        " --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"
+
+
+rule evaluate_baseline_finetune:
+    input:
+        manifest=f"{DATA}/manifest.json",
+        pretrained=f"{PRETRAIN}/best.pt",
+        choice=f"{FINETUNE_GRID}/choice.json",
+    output:
+        summary=f"{BASELINE_FINETUNE_EVAL}/summary.json",
+        episodes=f"{BASELINE_FINETUNE_EVAL}/episodes.csv",
+    params:
+        out=BASELINE_FINETUNE_EVAL,
+        episode=episode_args,
+        episodes=config["test_episodes"],
+        seed=config["eval_seed"],
+        device=config["device"],
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    log:
+        "logs/evaluate_baseline_finetune/{dataset}/{setting}/seed{seed}.log",
+    benchmark:
+        "benchmarks/evaluate_baseline_finetune/{dataset}/{setting}/seed{seed}.tsv"
+    shell:
+        "reproml evaluate --method baseline_finetune --data {DATA} --checkpoint {input.pretrained}"
+        " --finetune-choice {input.choice} {params.episode} --label {wildcards.setting} --episodes {params.episodes}"
+        " --seed {params.seed} --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"
+
+
+rule evaluate_pixel_nearest_neighbor:
+    input:
+        manifest=f"{DATA}/manifest.json",
+    output:
+        summary=f"{PIXEL_NN_EVAL}/summary.json",
+        episodes=f"{PIXEL_NN_EVAL}/episodes.csv",
+    params:
+        out=PIXEL_NN_EVAL,
+        episode=episode_args,
+        episodes=config["test_episodes"],
+        seed=config["eval_seed"],
+        device=config["device"],
+    threads: config["threads"]
+    log:
+        "logs/evaluate_pixel_nearest_neighbor/{dataset}/{setting}.log",
+    benchmark:
+        "benchmarks/evaluate_pixel_nearest_neighbor/{dataset}/{setting}.tsv"
+    shell:
+        "reproml evaluate --method pixel_nearest_neighbor --data {DATA} {params.episode} --label {wildcards.setting}"
+        " --episodes {params.episodes} --seed {params.seed} --device {params.device} --threads {threads}"
+        " --out {params.out} > {log} 2>&1"

@@ -169,7 +169,9 @@ def test_report_escapes_html_and_latex(smoke_run, tmp_path):
     render_report(REPO / "report" / "templates", results / "summary.csv", data / "manifest.json",
                   results / "figures", smoke_run / "benchmarks", {"seeds": [0], "test_episodes": 6, "eval_seed": 0},
                   "config/smoke.yaml", sorted(map(str, results.glob("runs/*/*/*/run.json"))),
-                  sorted(map(str, results.glob("eval/*/*/*/*/summary.json"))), tmp_path / "report")
+                  sorted(map(str, results.glob("eval/*/*/*/*/summary.json"))),
+                  sorted(map(str, results.glob("pretrain/*/*/run.json"))), REPO / "report" / "published-results.yaml",
+                  tmp_path / "report")
     html = (tmp_path / "report" / "report.html").read_text()
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; 100%_x" in html
     tex = (tmp_path / "report" / "report.tex").read_text()

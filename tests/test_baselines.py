@@ -154,6 +154,12 @@ def test_a_killed_pretraining_resumes_to_the_same_network(tmp_path, capsys, prep
     assert torch.equal(whole.params, resumed.params)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(whole.bn_stats, resumed.bn_stats))
 
+    assert pretrain(capsys, prepared, tmp_path / "extended", steps=6, val_every=2)[0] == 0
+    assert pretrain(capsys, prepared, tmp_path / "extended", steps=12, val_every=2)[0] == 0  # a longer budget
+    assert (tmp_path / "extended" / "curve.csv").read_text() == (tmp_path / "whole" / "curve.csv").read_text()
+    status, _, err = pretrain(capsys, prepared, tmp_path / "extended", steps=4, val_every=2)
+    assert status == 2 and "already trained for 12 iterations, more than --steps 4" in err
+
 
 def test_baseline_mistakes_are_one_line(tmp_path, capsys, prepared, pretrained):
     status, _, err = run_cli(capsys, "evaluate", "--method", "baseline_finetune", "--data", prepared,

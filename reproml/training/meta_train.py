@@ -62,14 +62,11 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
     state = new_state()
     best = None  # the best checkpoint travels inside last.pt, so deleting best.pt loses nothing
 
-    saved = load_last(out, run_config, device)
+    saved = load_last(out, run_config, "--iterations", iterations, device)
     if saved:
         meta.load_state_dict(saved["meta_learner"])
         optimizer.load_state_dict(saved["optimizer"])
         state, best = saved["state"], saved["best"]
-        if state["iteration"] > iterations:
-            raise UserError(f"{out}: already trained for {state['iteration']} iterations, more than --iterations "
-                            f"{iterations}; use another --out")
     out.mkdir(parents=True, exist_ok=True)
 
     bar = tqdm(total=iterations, initial=state["iteration"], desc=f"train {label}",

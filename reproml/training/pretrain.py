@@ -55,8 +55,8 @@ def pretrain(data, steps, batch_size, lr, val_every, val_episodes, seed, out, de
         raise UserError(f"--batch-size {batch_size}: the training split has only {len(train_split.labels)} images")
     val_sampler = EpisodeSampler(load_split(data, "val", device), seed=seed, **VALIDATION_EPISODE)
     run_config = {"dataset": manifest.get("name"), "dataset_sha256": manifest.get("dataset_sha256"), "seed": seed,
-                  "steps": steps, "batch_size": batch_size, "lr": lr, "val_every": val_every,
-                  "val_episodes": val_episodes, "filters": FILTERS}
+                  "batch_size": batch_size, "lr": lr, "val_every": val_every, "val_episodes": val_episodes,
+                  "filters": FILTERS}
 
     spec = LearnerSpec(len(train_split.classes), manifest["image_size"], FILTERS)
     learner = Learner(spec)
@@ -67,7 +67,7 @@ def pretrain(data, steps, batch_size, lr, val_every, val_episodes, seed, out, de
     best = None
 
     out = Path(out)
-    saved = load_last(out, run_config, device)
+    saved = load_last(out, run_config, "--steps", steps, device)
     if saved:
         with torch.no_grad():
             params.copy_(saved["params"])
@@ -98,12 +98,13 @@ def pretrain(data, steps, batch_size, lr, val_every, val_episodes, seed, out, de
             bar.set_postfix(val_acc=f"{val['acc_mean']:.2f}")
             if record_validation(state, done, val):
                 best = net.checkpoint(step=done, val_acc=val["acc_mean"], seed=seed, classes=list(train_split.classes))
-            save_torch(out / "last.pt", {"run_config": run_config, "params": params.detach(), "bn_stats": net.bn_stats,
-                              "optimizer": optimizer.state_dict(), "state": state, "best": best})
+            save_torch(out / "last.pt", {"run_config": run_config, "params": params.detach(),
+                                         "bn_stats": net.bn_stats, "optimizer": optimizer.state_dict(),
+                                         "state": state, "best": best})
             write_outputs(out, state, best)
     bar.close()
     write_outputs(out, state, best)  # again, for a finished run whose outputs were deleted (Snakemake does)
-    summary = {**run_config, "best_step": state["best_iteration"], "best_val_acc": state["best_val_acc"],
+    summary = {**run_config, "steps": steps, "best_step": state["best_iteration"], "best_val_acc": state["best_val_acc"],
                "validation": "cosine 1-NN on 5-way 1-shot validation episodes", "device": str(device),
                "train_s_per_step": state["train_seconds"] / steps}
     write_json(out / "run.json", summary)

@@ -21,15 +21,20 @@ def check_schedule(length_option, length, val_every, val_episodes):
         raise UserError(f"--val-episodes {val_episodes}: need at least 2 for a confidence interval")
 
 
-def load_last(out, run_config, device):
-    """The contents of `out`/last.pt if an earlier run with the same configuration left one, else None."""
+def load_last(out, run_config, length_option, length, device):
+    """The contents of `out`/last.pt if an earlier run with the same configuration left one, else None.
+    The length is not part of the configuration: a finished run can be extended."""
     last = out / "last.pt"
     if not last.exists():
         return None
     saved = torch.load(last, map_location=device, weights_only=True)
     if saved["run_config"] != run_config:
         raise UserError(f"{out}: holds a run with other settings; use another --out or delete that folder")
-    print(f"{out}: resuming from iteration {saved['state']['iteration']}", file=sys.stderr, flush=True)
+    done = saved["state"]["iteration"]
+    if done > length:
+        raise UserError(f"{out}: already trained for {done} iterations, more than {length_option} {length}; "
+                        "use another --out")
+    print(f"{out}: resuming from iteration {done}", file=sys.stderr, flush=True)
     return saved
 
 

@@ -29,8 +29,9 @@ def snakemake(cwd, *args, background=False):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
     if background:
+        # A shell's background job inherits SIGINT ignored; give the interrupt test its Ctrl-C back.
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
 
 

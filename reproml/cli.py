@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 
+from reproml.allocator import keep_freed_memory
 from reproml.errors import UserError
 from reproml.methods.finetune import GRID_DECAYS, GRID_LRS
 from reproml.settings import DEVIATIONS
@@ -246,6 +247,7 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    keep_freed_memory()
     if getattr(args, "threads", None):
         import os
 

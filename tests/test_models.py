@@ -184,9 +184,9 @@ def test_layer1_follows_torch_lstm_cell():
     with torch.no_grad():
         for p in meta.lstm.parameters():
             p.uniform_(-0.5, 0.5)
-    x, h, c = torch.randn(7, 4), torch.randn(7, 20), torch.randn(7, 20)
-    expected_h, expected_c = meta.lstm(x, (h, c))
-    got_h, got_c = meta.layer1(x, h, c)
+    loss_features, grad_features, h, c = torch.randn(2), torch.randn(7, 2), torch.randn(7, 20), torch.randn(7, 20)
+    expected_h, expected_c = meta.lstm(torch.cat([loss_features.expand(7, 2), grad_features], dim=1), (h, c))
+    got_h, got_c = meta.layer1(loss_features, grad_features, h, c)
     torch.testing.assert_close(got_h, expected_h)
     torch.testing.assert_close(got_c, expected_c)
 

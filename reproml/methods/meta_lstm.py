@@ -35,6 +35,7 @@ def adapt(meta, learner, settings, support_x, support_y, gates=None):
     Returns the final parameters c_T and the episode's BN running statistics. If `gates` is a
     list, the (forget, input) gate values of every update are appended to it."""
     bn_stats = learner.new_bn_stats(support_x.device)
+    support_x = support_x.contiguous(memory_format=torch.channels_last)  # once, not at every update
     c, state = meta.cI, meta.initial_state()
     divide_by_batch = not settings.has("no_grad_batch_division")
     for _ in range(settings.epochs):

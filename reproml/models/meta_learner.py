@@ -58,13 +58,16 @@ class MetaLearnerLSTM(nn.Module):
         zeros = self.cI.new_zeros
         return zeros(n, hidden), zeros(n, hidden), zeros(n), zeros(n)
 
-    def layer1(self, inputs, h, cell):
-        """nn.LSTMCell's equations (gate order i, f, g, o) with one matrix product instead of two,
-        which matters when the batch is every learner parameter."""
+    def layer1(self, loss_features, grad_features, h, cell):
+        """nn.LSTMCell's equations (gate order i, f, g, o) on the inputs (loss features, gradient
+        features), arranged for a batch of every learner parameter: the loss is the same for all
+        rows, so its term joins the bias instead of being copied n times, and each gate gets its
+        own matrix product so that the elementwise work runs on contiguous memory."""
         lstm = self.lstm
-        gates = torch.addmm(lstm.bias_ih + lstm.bias_hh, torch.cat([inputs, h], dim=1),
-                            torch.cat([lstm.weight_ih, lstm.weight_hh], dim=1).t())
-        i, f, g, o = gates.chunk(4, dim=1)
+        bias = lstm.bias_ih + lstm.bias_hh + lstm.weight_ih[:, :2] @ loss_features
+        weight = torch.cat([lstm.weight_ih[:, 2:], lstm.weight_hh], dim=1)
+        inputs = torch.cat([grad_features, h], dim=1)
+        i, f, g, o = (torch.addmm(b, inputs, w.t()) for b, w in zip(bias.chunk(4), weight.chunk(4)))
         cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(cell), cell
 
@@ -73,10 +76,7 @@ class MetaLearnerLSTM(nn.Module):
 
         Returns the new parameters, the new state, and the gate values (after the sigmoid)."""
         h, cell, f_prev, i_prev = state
-        n = c.shape[0]
-        inputs = torch.cat([preprocess(loss, self.preprocess_p).expand(n, 2),
-                            preprocess(grad, self.preprocess_p)], dim=1)
-        h, cell = self.layer1(inputs, h, cell)
+        h, cell = self.layer1(preprocess(loss, self.preprocess_p), preprocess(grad, self.preprocess_p), h, cell)
         hidden = self.lstm.hidden_size
         from_h = h @ torch.stack([self.WF[:hidden], self.WI[:hidden]], dim=1)
         f_pre = from_h[:, 0] + self.WF[hidden] * c + self.WF[hidden + 1] * f_prev + self.bF

@@ -1,0 +1,47 @@
+"""The straightforward meta-learner LSTM, kept as the reference for the fast path in `reproml`.
+
+Written the way the equations read, with none of the package's speed-ups: ReLU before
+max-pooling, default memory format, the loss features copied to every row and one
+`nn.LSTMCell` call per step. `test_fast_path.py` checks that the package gives the same
+meta-gradients and the same test predictions.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from reproml.models.meta_learner import preprocess
+
+
+def learner_logits(learner, flat, x, bn_stats, training, momentum):
+    params = learner.unflatten(flat)
+    for b, (mean, var) in enumerate(bn_stats):
+        conv_w, conv_b, bn_w, bn_b = params[4 * b: 4 * b + 4]
+        x = F.conv2d(x, conv_w, conv_b, padding=1)
+        x = F.batch_norm(x, mean, var, bn_w, bn_b, training, momentum, learner.spec.bn_eps)
+        x = F.max_pool2d(F.relu(x), 2)
+    return F.linear(x.flatten(1), params[-2], params[-1])
+
+
+def meta_step(meta, loss, grad, c, state):
+    h, cell, f_prev, i_prev = state
+    n, hidden = c.shape[0], meta.lstm.hidden_size
+    inputs = torch.cat([preprocess(loss, meta.preprocess_p).expand(n, 2), preprocess(grad, meta.preprocess_p)], dim=1)
+    h, cell = meta.lstm(inputs, (h, cell))
+    f_pre = h @ meta.WF[:hidden] + meta.WF[hidden] * c + meta.WF[hidden + 1] * f_prev + meta.bF
+    i_pre = h @ meta.WI[:hidden] + meta.WI[hidden] * c + meta.WI[hidden + 1] * i_prev + meta.bI
+    return torch.sigmoid(f_pre) * c - torch.sigmoid(i_pre) * grad, (h, cell, f_pre, i_pre)
+
+
+def query_logits(meta, learner, settings, episode, meta_training):
+    support_x, support_y, query_x, _ = episode
+    bn_stats = learner.new_bn_stats(support_x.device)
+    c, state = meta.cI, meta.initial_state()
+    for _ in range(settings.epochs):
+        for start in range(0, len(support_x), settings.batch_size):
+            x, y = support_x[start:start + settings.batch_size], support_y[start:start + settings.batch_size]
+            theta = c.detach().requires_grad_()
+            with torch.enable_grad():
+                loss = F.cross_entropy(learner_logits(learner, theta, x, bn_stats, True, settings.bn_momentum), y)
+                (grad,) = torch.autograd.grad(loss, theta)
+            c, state = meta_step(meta, loss.detach(), grad / len(x), c, state)
+    return learner_logits(learner, c, query_x, bn_stats, meta_training, settings.bn_momentum)

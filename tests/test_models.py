@@ -210,3 +210,12 @@ def test_gate_values_are_averaged_per_layer_then_over_episodes(tmp_path):
     assert float(rows[1, "head", "input"]["mean"]) == pytest.approx(0.2)  # (0.1 + 0.3) / 2
     assert float(rows[2, "head", "input"]["mean"]) == pytest.approx(16.0)  # layer index 8, times (1 + 3) / 2
     assert rows[2, "head", "input"]["episodes"] == "2"
+
+
+def test_the_allocator_keeps_freed_memory_on_linux():
+    import ctypes.util
+    import sys
+
+    from reproml.allocator import keep_freed_memory
+    on_glibc = sys.platform.startswith("linux") and "libc.so" in (ctypes.util.find_library("c") or "")
+    assert keep_freed_memory() is on_glibc

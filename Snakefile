@@ -15,6 +15,16 @@ include: "workflow/rules/baselines.smk"
 include: "workflow/rules/report.smk"
 
 
+# On a cluster (profiles/slurm) these run on the submitting machine: they are light and need
+# no GPU, and waiting in a queue for them would cost more than running them.
+localrules:
+    all,
+    aggregate,
+    figures,
+    report,
+    report_pdf,
+
+
 rule all:
     input:
         "results/summary.csv",

@@ -23,7 +23,8 @@ def umask_mode(mode):
 
 @contextmanager
 def atomic_path(target):
-    """Yield a temporary path beside `target`; on success rename it onto `target`."""
+    """Yield a temporary path beside `target`; on success rename it onto `target`. A write
+    error (a full disk, a quota) is a UserError naming `target`, which keeps its old contents."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -32,6 +33,9 @@ def atomic_path(target):
         yield Path(tmp)
         os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, target)
+    except OSError as exc:
+        raise UserError(f"{target}: could not write it ({exc.strerror or exc}); "
+                        "its previous version, if any, is unchanged") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

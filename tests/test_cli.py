@@ -1,9 +1,12 @@
 """The command line end to end on tiny data: describe, train, evaluate, and their errors."""
 
 import csv
+import errno
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,6 +116,29 @@ def test_a_killed_run_resumes_to_the_same_numbers(tmp_path, capsys, prepared):
     assert whole["iteration"] == resumed["iteration"]
     for name, tensor in whole["meta_learner"].items():
         assert torch.equal(tensor, resumed["meta_learner"][name]), name
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, capsys, prepared, monkeypatch):
+    assert train(capsys, prepared, tmp_path / "run", iterations=4, val_every=2)[0] == 0
+    last = tmp_path / "run" / "last.pt"
+    before = last.read_bytes()
+
+    def full_disk(obj, path):
+        Path(path).write_bytes(b"the first bytes of a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    status, _, err = train(capsys, prepared, tmp_path / "run", iterations=8, val_every=2)
+    assert status == 2
+    assert err.splitlines()[-1].startswith(f"reproml train: error: {last}: could not write it (No space left on device)")
+    assert "Traceback" not in err
+    assert last.read_bytes() == before
+    assert not [p.name for p in last.parent.iterdir() if p.name.endswith(".tmp")]
+
+    monkeypatch.undo()  # space again: the run goes on from its last checkpoint, as if nothing happened
+    assert train(capsys, prepared, tmp_path / "run", iterations=8, val_every=2)[0] == 0
+    assert train(capsys, prepared, tmp_path / "whole", iterations=8, val_every=2)[0] == 0
+    assert (tmp_path / "run" / "curve.csv").read_text() == (tmp_path / "whole" / "curve.csv").read_text()
 
 
 def test_rerunning_a_finished_run_does_nothing_and_other_settings_are_refused(tmp_path, capsys, prepared):

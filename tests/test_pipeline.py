@@ -19,6 +19,7 @@ WORKFLOW_FILES = ["Snakefile", "workflow", "config", "report", "profiles"]
 
 
 def workdir(tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     for name in WORKFLOW_FILES:
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
@@ -139,6 +140,54 @@ def test_interrupted_training_resumes_without_redoing_finished_jobs(tmp_path):
     assert "resuming from iteration" in log
     curve = list(csv.DictReader(open(last.parent / "curve.csv")))
     assert [int(r["iteration"]) for r in curve] == list(range(3, 61, 3))
+
+
+def processes_in(cwd, *words):
+    """PIDs of this machine's processes that run in `cwd` with all of `words` in their command line."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            here = os.readlink(entry / "cwd") == str(cwd)
+        except (OSError, ValueError):
+            continue
+        if here and all(word.encode() in command for word in words):
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_training_job_resumes_to_the_uninterrupted_summary_and_a_second_pipeline_is_refused(tmp_path):
+    longer = "settings: {5w1s: {iterations: 300, val_every: 10}}\n"  # long enough to be caught running
+    whole = workdir(tmp_path / "whole")
+    (whole / "long.yaml").write_text(longer)
+    assert snakemake(whole, "--configfile", "config/smoke.yaml", "long.yaml").returncode == 0
+
+    cwd = workdir(tmp_path / "killed")
+    (cwd / "long.yaml").write_text(longer)
+    first = snakemake(cwd, "--configfile", "config/smoke.yaml", "long.yaml", background=True)
+    last = cwd / "results" / "runs" / "demo-smoke" / "5w1s" / "seed0" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.02)
+    assert last.exists(), "training never wrote a checkpoint"
+
+    trainers = processes_in(cwd, "train", "5w1s")
+    assert trainers, "the training job finished before it could be killed"
+    second = snakemake(cwd, "--configfile", "config/smoke.yaml", "long.yaml")
+    assert second.returncode != 0
+    assert "Directory cannot be locked" in second.stderr and "Traceback" not in second.stderr
+
+    for pid in trainers:
+        os.kill(pid, signal.SIGKILL)  # as a pre-empted cluster job dies: no chance to clean up
+    first.wait(timeout=300)
+    assert first.returncode != 0
+    assert not (cwd / "results" / "summary.csv").exists()
+
+    rerun = snakemake(cwd, "--configfile", "config/smoke.yaml", "long.yaml")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    log = (cwd / "logs" / "train_meta_lstm" / "demo-smoke" / "5w1s" / "seed0.log").read_text()
+    assert "resuming from iteration" in log
+    assert summary_rows(cwd) == summary_rows(whole)
 
 
 @needs_real_data

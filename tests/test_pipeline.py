@@ -118,15 +118,22 @@ def test_a_wrong_config_stops_before_any_job(tmp_path, override, message):
     assert not (cwd / "results").exists()
 
 
-def test_interrupted_training_resumes_without_redoing_finished_jobs(tmp_path):
-    cwd = workdir(tmp_path)
-    (cwd / "long.yaml").write_text("settings: {5w1s: {iterations: 60, val_every: 3}}\n")
+def start_until_first_checkpoint(cwd):
+    """Start the smoke DAG with long.yaml in the background; return it and the 5w1s training's
+    last.pt as soon as that exists."""
     process = snakemake(cwd, "--configfile", "config/smoke.yaml", "long.yaml", background=True)
     last = cwd / "results" / "runs" / "demo-smoke" / "5w1s" / "seed0" / "last.pt"
     deadline = time.time() + 300
     while not last.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert last.exists(), "training never wrote a checkpoint"
+    return process, last
+
+
+def test_interrupted_training_resumes_without_redoing_finished_jobs(tmp_path):
+    cwd = workdir(tmp_path)
+    (cwd / "long.yaml").write_text("settings: {5w1s: {iterations: 60, val_every: 3}}\n")
+    process, last = start_until_first_checkpoint(cwd)
     os.killpg(process.pid, signal.SIGINT)
     process.wait(timeout=60)
     assert not (cwd / "results" / "summary.csv").exists()
@@ -164,12 +171,7 @@ def test_a_killed_training_job_resumes_to_the_uninterrupted_summary_and_a_second
 
     cwd = workdir(tmp_path / "killed")
     (cwd / "long.yaml").write_text(longer)
-    first = snakemake(cwd, "--configfile", "config/smoke.yaml", "long.yaml", background=True)
-    last = cwd / "results" / "runs" / "demo-smoke" / "5w1s" / "seed0" / "last.pt"
-    deadline = time.time() + 300
-    while not last.exists() and time.time() < deadline and first.poll() is None:
-        time.sleep(0.02)
-    assert last.exists(), "training never wrote a checkpoint"
+    first, _ = start_until_first_checkpoint(cwd)
 
     trainers = processes_in(cwd, "train", "5w1s")
     assert trainers, "the training job finished before it could be killed"

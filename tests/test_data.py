@@ -115,6 +115,13 @@ def break_short_row(root):
     return root, "test.csv: line 102 is 'lonely.jpg'"
 
 
+def break_truncated_csv(root):
+    lines = (root / "train.csv").read_text().splitlines()
+    cut = lines[-1][: lines[-1].index(",") + 5]  # a copy that stopped in the middle of a label
+    (root / "train.csv").write_text("\n".join(lines[:-1] + [cut]))
+    return root, f"train.csv: the last line {cut!r} does not end with a newline"
+
+
 def break_missing_image(root):
     rows = list(csv.reader(open(root / "train.csv")))
     rewrite_csv(root / "train.csv", rows + [["ghost.jpg", "train_c0"]])
@@ -136,7 +143,7 @@ def break_shared_class(root):
 
 
 @pytest.mark.parametrize("breaker", [break_missing_root, break_missing_csv, break_header, break_empty_csv,
-                                     break_header_only, break_short_row, break_missing_image,
+                                     break_header_only, break_short_row, break_truncated_csv, break_missing_image,
                                      break_unreadable_image, break_shared_class])
 def test_bad_sources_give_one_line_and_no_output(tmp_path, capsys, breaker):
     root, message = breaker(make_ravi(tmp_path / "src"))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REAL_DATA, needs_real_data
+from conftest import REAL_DATA, make_ravi, needs_real_data
+from test_data import break_truncated_csv, break_unreadable_image
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ["Snakefile", "workflow", "config", "report", "profiles"]
@@ -190,6 +191,22 @@ def test_a_killed_training_job_resumes_to_the_uninterrupted_summary_and_a_second
     log = (cwd / "logs" / "train_meta_lstm" / "demo-smoke" / "5w1s" / "seed0.log").read_text()
     assert "resuming from iteration" in log
     assert summary_rows(cwd) == summary_rows(whole)
+
+
+@pytest.mark.parametrize("breaker", [break_unreadable_image, break_truncated_csv])
+def test_a_broken_source_stops_the_pipeline_with_one_line_and_no_outputs(tmp_path, breaker):
+    root, message = breaker(make_ravi(tmp_path / "source"))
+    cwd = workdir(tmp_path / "run")
+    (cwd / "broken.yaml").write_text(f"dataset: {{name: broken, format: ravi, root: {root}, image_size: 16}}\n")
+    result = snakemake(cwd, "--configfile", "config/smoke.yaml", "broken.yaml")
+    assert result.returncode != 0
+    log = (cwd / "logs" / "prepare_data" / "broken.log").read_text().strip().splitlines()
+    assert [line for line in log if "error" in line] == [log[-1]]  # above it, only progress bars
+    assert log[-1].startswith("reproml prepare: error: ") and message in log[-1]
+    assert not (cwd / "results" / "data").exists() or not any((cwd / "results" / "data").iterdir())
+    assert not (cwd / "results" / "summary.csv").exists()
+    # Snakemake holds no half-finished job to finish: the next run starts the preparation afresh
+    assert "incomplete" not in snakemake(cwd, "--configfile", "config/smoke.yaml", "broken.yaml", "-n").stdout.lower()
 
 
 @needs_real_data

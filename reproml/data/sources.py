@@ -106,7 +106,11 @@ def read_ravi_csv(path):
     if not path.is_file():
         raise UserError(f"{path}: missing (format 'ravi' expects train.csv, val.csv and test.csv)")
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+        text = f.read()
+    if text and not text.endswith(("\n", "\r")):
+        raise UserError(f"{path}: the last line {text.splitlines()[-1]!r} does not end with a newline, so the "
+                        "file looks truncated (copy it again; if it is complete, end it with a newline)")
+    rows = list(csv.reader(text.splitlines()))
     if not rows:
         raise UserError(f"{path}: empty; expected a header 'filename,label' and one row per image")
     header = [cell.strip() for cell in rows[0]]

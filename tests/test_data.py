@@ -150,7 +150,7 @@ def test_bad_sources_give_one_line_and_no_output(tmp_path, capsys, breaker):
     status, out, err = prepare(capsys, "ravi", root, tmp_path / "data")
     assert status == 2
     assert message in err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.count("\n") == 1 and "Traceback" not in err and "object at 0x" not in err
     assert not (tmp_path / "data").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no temporary folder left behind
 

@@ -8,6 +8,7 @@ Nothing here resizes or writes; `prepare.py` does that.
 import csv
 import hashlib
 import io
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,8 @@ def open_image_bytes(data, name):
         image.load()
         return image
     except Exception as exc:
-        raise UserError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+        detail = re.sub(r" ?<[^>]* object at 0x[0-9a-f]+>", "", str(exc))  # PIL names its in-memory file
+        raise UserError(f"{name}: not a readable image ({exc.__class__.__name__}: {detail})") from None
 
 
 def read_ravi(root):

@@ -112,7 +112,7 @@ def read_ravi_csv(path):
     if text and not text.endswith(("\n", "\r")):
         raise UserError(f"{path}: the last line {text.splitlines()[-1]!r} does not end with a newline, so the "
                         "file looks truncated (copy it again; if it is complete, end it with a newline)")
-    rows = list(csv.reader(text.splitlines()))
+    rows = list(csv.reader(io.StringIO(text)))
     if not rows:
         raise UserError(f"{path}: empty; expected a header 'filename,label' and one row per image")
     header = [cell.strip() for cell in rows[0]]

@@ -36,7 +36,8 @@ snakemake --profile profiles/slurm --configfile config/smoke.yaml --config devic
 test -s results/report/report.html && test -s results/summary.csv
 echo "report: $(wc -c < results/report/report.html) bytes; summary rows: $(($(wc -l < results/summary.csv) - 1))"
 sacct -X --format=JobID%6,Comment%52,Partition%9,Account%8,AllocCPUS%5,State%10,ExitCode,Elapsed
-completed=$(sacct -X -n -P --format=State | grep -c '^COMPLETED$' || true)
-failed=$(sacct -X -n -P --format=State | grep -vc '^COMPLETED$' || true)
+states=$(sacct -X -n -P --format=State)
+completed=$(grep -c '^COMPLETED$' <<< "$states" || true)
+failed=$(grep -vc '^COMPLETED$' <<< "$states" || true)
 echo "sacct: $completed jobs completed, $failed not"
 test "$completed" -gt 0 && test "$failed" -eq 0

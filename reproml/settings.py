@@ -77,9 +77,24 @@ class TaskSettings:
 
 def resolve_device(name):
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     if name not in ("cpu", "cuda"):
         raise UserError(f"--device {name!r}: expected auto, cpu or cuda")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        exact_float32_on_cuda()
+    return device
+
+
+def exact_float32_on_cuda():
+    """Full float32 and deterministic kernels on CUDA. By default PyTorch lets cuDNN convolutions
+    round their inputs to TF32 (a 10-bit mantissa) on Ampere and later GPUs and pick algorithms
+    that accumulate in a different order from run to run; the meta-gradient amplifies such
+    rounding (the gradient preprocessing scales by e^10), so either would change the numbers
+    between runs and away from the original's float32."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False

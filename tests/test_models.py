@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from reproml.methods.meta_lstm import adapt, build, query_logits
 from reproml.models.learner import Learner, LearnerSpec
 from reproml.models.meta_learner import MetaLearnerLSTM, preprocess
-from reproml.settings import TaskSettings
+from reproml.settings import TaskSettings, resolve_device
 
 
 @pytest.mark.parametrize("n_way, learner_params, layer2", [(5, 32901, 32947), (10, 36906, 36952)])
@@ -167,14 +167,15 @@ def test_cuda_gives_the_cpu_meta_gradient_and_predictions():
     settings = TaskSettings(3, 2, 16)
     episode = tiny_episode()
     results = {}
-    for device in ("cpu", "cuda"):
+    for name in ("cpu", "cuda"):
+        device = resolve_device(name)
         learner, meta = build(settings, 0, device)
         on_device = [t.to(device) for t in episode]
         logits = query_logits(meta, learner, settings, on_device, meta_training=True)
         F.cross_entropy(logits, on_device[3]).backward()
         with torch.no_grad():
             test_logits = query_logits(meta, learner, settings, on_device, meta_training=False)
-        results[device] = (meta.cI.grad.cpu(), meta.bF.grad.cpu(), test_logits.cpu())
+        results[name] = (meta.cI.grad.cpu(), meta.bF.grad.cpu(), test_logits.cpu())
     for cpu, cuda in zip(results["cpu"], results["cuda"]):
         torch.testing.assert_close(cpu, cuda, rtol=1e-3, atol=1e-4)
 

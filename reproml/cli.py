@@ -51,7 +51,7 @@ def train(args):
                             bn_momentum=args.bn_momentum, filters=args.filters, lr=args.lr,
                             grad_clip=args.grad_clip, deviations=tuple(args.deviation))
     summary = train(args.data, settings, args.iterations, args.val_every, args.val_episodes, args.seed, args.out,
-                    args.device, label=args.label, progress=not args.quiet)
+                    args.device, label=args.label, image_pool=args.image_pool, progress=not args.quiet)
     print(f"best validation accuracy {summary['best_val_acc']:.2f}% at iteration {summary['best_iteration']}; "
           f"checkpoint {args.out}/best.pt")
 
@@ -75,6 +75,15 @@ def select_finetune(args):
           f"{choice['episodes']} validation episodes; wrote {args.out}/choice.json")
 
 
+def image_pool(text):
+    """--image-pool: 'all' (None) or a positive number of images per class."""
+    if text == "all":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 'all' or a positive number of images per class")
+    return int(text)
+
+
 def parse_floats(text, option):
     try:
         return [float(x) for x in text.split(",")]
@@ -87,7 +96,10 @@ def evaluate(args):
 
     s = evaluate(args.data, args.episodes, args.seed, args.out, args.method, args.checkpoint, args.device,
                  args.split, args.n_way, args.k_shot, args.n_query, args.label, args.finetune_choice,
-                 progress=not args.quiet)
+                 args.train_dataset, args.skip_if_too_small, progress=not args.quiet)
+    if s.get("skipped"):
+        print(f"{s['method']} on {s['eval_dataset']}: skipped: {s['skipped']}")
+        return
     print(f"{s['method']}, {s['n_way']}-way {s['k_shot']}-shot, {s['episodes']} {args.split} episodes: "
           f"{s['acc_mean']:.2f}% +- {s['ci95']:.2f} (95% CI)")
 
@@ -166,6 +178,8 @@ def parser():
     t.add_argument("--grad-clip", type=float, default=0.25)
     t.add_argument("--deviation", action="append", default=[], choices=sorted(DEVIATIONS),
                    help="turn on a named deviation from the original code (repeatable)")
+    t.add_argument("--image-pool", type=image_pool, help="draw every episode from a fixed pool of this many images "
+                   "per class (as the public loaders did); default: all images (as the original code)")
     t.add_argument("--label", help="the setting's name in results (default: e.g. 5w1s)")
     add_run_options(t)
     t.set_defaults(run=train)
@@ -204,6 +218,11 @@ def parser():
     e.add_argument("--n-way", type=int, help="must match the checkpoint's (checked)")
     e.add_argument("--k-shot", type=int, help="default: the checkpoint's")
     e.add_argument("--n-query", type=int, help="default: the checkpoint's")
+    e.add_argument("--train-dataset", help="the dataset the method was trained on, for results "
+                                          "(default: the checkpoint's, else --data's)")
+    e.add_argument("--skip-if-too-small", action="store_true",
+                   help="write a summary saying why instead of failing when --data has too few classes "
+                        "or images per class for the episodes (transfer evaluation)")
     add_run_options(e)
     e.set_defaults(run=evaluate)
 

@@ -23,22 +23,38 @@ def describe_error(error):
         allowed = ", ".join(error.schema.get("properties", {}))
         return f"config: unknown key {'.'.join([*map(str, error.absolute_path), unknown[0]])!r}; " \
                f"expected one of {allowed}"
+    if error.validator == "anyOf" and "description" in error.schema:
+        return f"config: {where}: {error.instance!r} is not valid; expected {error.schema['description']}"
     return f"config: {where}: {error.message}"
 
 
-def fill_defaults(value, schema):
-    """Insert every schema default that the config leaves out (nested mappings included)."""
+def fill_defaults(value, schema, root):
+    """Insert every schema default that the config leaves out (nested mappings, list items and
+    `$ref`s to the schema's definitions included)."""
+    if "$ref" in schema:
+        schema = root["definitions"][schema["$ref"].removeprefix("#/definitions/")]
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            fill_defaults(item, schema["items"], root)
     if not isinstance(value, dict):
         return
     for key, sub in schema.get("properties", {}).items():
         if key not in value and "default" in sub:
             value[key] = sub["default"]
         if key in value:
-            fill_defaults(value[key], sub)
+            fill_defaults(value[key], sub, root)
     extra = schema.get("additionalProperties")
     if isinstance(extra, dict):
         for key in set(value) - set(schema.get("properties", {})):
-            fill_defaults(value[key], extra)
+            fill_defaults(value[key], extra, root)
+
+
+def check_dataset(dataset, key):
+    if dataset["format"] != "demo":
+        if "root" not in dataset:
+            raise UserError(f"config: {key}.root is missing; format {dataset['format']!r} reads a folder")
+        if not Path(dataset["root"]).is_dir():
+            raise UserError(f"config: {key}.root: {dataset['root']} does not exist")
 
 
 def validate_config(config, schema_path):
@@ -47,13 +63,15 @@ def validate_config(config, schema_path):
     error = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(schema).iter_errors(config))
     if error is not None:
         raise UserError(describe_error(error))
-    fill_defaults(config, schema)
-    dataset = config["dataset"]
-    if dataset["format"] != "demo":
-        if "root" not in dataset:
-            raise UserError(f"config: dataset.root is missing; format {dataset['format']!r} reads a folder")
-        if not Path(dataset["root"]).is_dir():
-            raise UserError(f"config: dataset.root: {dataset['root']} does not exist")
+    fill_defaults(config, schema, schema)
+    check_dataset(config["dataset"], "dataset")
+    names = [config["dataset"]["name"]]
+    for i, dataset in enumerate(config["transfer"]):
+        check_dataset(dataset, f"transfer.{i}")
+        if dataset["name"] in names:
+            raise UserError(f"config: transfer.{i}.name: {dataset['name']!r} is already the name of "
+                            f"{'the training dataset' if dataset['name'] == names[0] else 'another transfer dataset'}")
+        names.append(dataset["name"])
     pretrain = config["baselines"]["pretrain"]
     if pretrain["val_every"] > pretrain["steps"]:
         raise UserError(f"config: baselines.pretrain.val_every: {pretrain['val_every']} is more than its "
@@ -62,4 +80,8 @@ def validate_config(config, schema_path):
         if setting["val_every"] > setting["iterations"]:
             raise UserError(f"config: settings.{name}.val_every: {setting['val_every']} is more than its "
                             f"iterations ({setting['iterations']})")
+        needed = setting["k_shot"] + setting["n_query"]
+        if setting["image_pool"] != "all" and setting["image_pool"] < needed:
+            raise UserError(f"config: settings.{name}.image_pool: {setting['image_pool']} images per class are "
+                            f"fewer than one episode takes (k_shot + n_query = {needed})")
     return config

@@ -13,12 +13,12 @@ from reproml.report.aggregate import aggregate
 PUBLISHED = Path(__file__).resolve().parents[1] / "report" / "published-results.yaml"
 
 
-def write_eval(folder, method, train_seed, accuracies, shas, dataset_format="ravi"):
+def write_eval(folder, method, train_seed, accuracies, shas, dataset_format="ravi", **fields):
     folder.mkdir(parents=True)
     (folder / "summary.json").write_text(json.dumps({
         "method": method, "dataset": "mini", "dataset_format": dataset_format, "setting": "5w1s",
         "train_seed": train_seed, "n_way": 5, "k_shot": 1,
-        "acc_mean": sum(accuracies) / len(accuracies)}))
+        "acc_mean": sum(accuracies) / len(accuracies) if accuracies else None, **fields}))
     with open(folder / "episodes.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["episode", "accuracy", "episode_sha"])
@@ -48,6 +48,27 @@ def test_methods_on_different_episodes_are_not_paired(tmp_path):
     with pytest.raises(UserError, match="evaluated on different test episodes"):
         aggregate([str(meta), str(pixel)], PUBLISHED, tmp_path / "summary.csv")
     assert not (tmp_path / "summary.csv").exists()
+
+
+def test_transfer_rows_pair_within_their_dataset_and_skipped_transfers_say_why(tmp_path):
+    home = write_eval(tmp_path / "home", "meta_lstm", 0, [60.0, 40.0], ["a", "b"], eval_dataset="mini")
+    away = write_eval(tmp_path / "away", "meta_lstm", 0, [30.0, 20.0], ["x", "y"], eval_dataset="gray")
+    pixel = write_eval(tmp_path / "pixel", "pixel_nearest_neighbor", None, [20.0, 20.0], ["x", "y"],
+                       eval_dataset="gray")
+    reason = "split 'test': class 'c0' has 6 images; a 5-shot episode with 15 queries needs 20"
+    skipped = write_eval(tmp_path / "skip", "meta_lstm", 0, [], [], eval_dataset="gray", setting="5w5s", k_shot=5,
+                         skipped=reason)
+    table = aggregate([str(p) for p in (home, away, pixel, skipped)], PUBLISHED, tmp_path / "summary.csv")
+    rows = {(r["eval_dataset"], r["setting"], r["method"]): r for r in table.to_dict("records")}
+    assert rows[("mini", "5w1s", "meta_lstm")]["verdict"] == "consistent"
+    transfer = rows[("gray", "5w1s", "meta_lstm")]
+    assert transfer["dataset"] == "mini" and transfer["acc_mean"] == pytest.approx(25.0)
+    assert transfer["verdict"] == "transfer (no published figure)" and math.isnan(transfer["paper_mean"])
+    assert rows[("gray", "5w1s", "pixel_nearest_neighbor")]["meta_lstm_minus_this"] == pytest.approx(5.0)
+    gone = rows[("gray", "5w5s", "meta_lstm")]
+    assert gone["verdict"] == f"skipped: {reason}" and gone["episodes"] == 0 and math.isnan(gone["acc_mean"])
+    written = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [r["eval_dataset"] for r in written] == ["mini", "gray", "gray", "gray"]  # in-domain rows first
 
 
 PAPER = {("meta_lstm", "5w1s"): {"mean": 43.44, "ci95": 0.77}, ("matching_net", "5w1s"): {"mean": 43.40, "ci95": 0.78},

@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from conftest import REAL_DATA, kill_after_first_checkpoint, needs_real_data, run_cli
+from conftest import REAL_DATA, kill_after_first_checkpoint, make_folders, needs_real_data, run_cli
 from reproml.statistics import summarize
 
 TINY = ["--n-way", 3, "--k-shot", 1, "--n-query", 3, "--epochs", 2]
@@ -186,3 +188,51 @@ def test_bench_prints_json_per_setting(capsys):
     assert results["5w1s"]["inner_steps"] == 12 and results["5w2s"]["inner_steps"] == 8
     status, _, err = run_cli(capsys, "bench", "--settings", "five-way", "--device", "cpu")
     assert status == 2 and "'five-way' is not of the form <N>w<K>s" in err
+
+
+def test_training_with_an_image_pool_records_it_and_refuses_to_resume_without(tmp_path, capsys, prepared):
+    status, _, err = train(capsys, prepared, tmp_path / "run", "--image-pool", 12)
+    assert status == 0, err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["image_pool"] == 12
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["image_pool"] == 12
+    status, _, err = train(capsys, prepared, tmp_path / "run", iterations=6)  # all images now: another run
+    assert status == 2 and "holds a run with other settings (image_pool)" in err
+    with pytest.raises(SystemExit) as exit:  # argparse's own usage error
+        train(capsys, prepared, tmp_path / "other", "--image-pool", "some")
+    assert exit.value.code == 2
+    assert "'some': expected 'all' or a positive number of images per class" in capsys.readouterr().err
+
+
+def test_transfer_to_a_grayscale_dataset_of_another_size(tmp_path, capsys, prepared):
+    """A meta-learner trained on 16x16 RGB images, tested on 30x30 grayscale ones with 6 images a
+    class: prepared at 16x16 RGB; a setting that needs more images per class is skipped with its reason."""
+    make_folders(tmp_path / "gray", per_class=6, size=(30, 30), mode="L")
+    assert Image.open(next((tmp_path / "gray").rglob("*.png"))).mode == "L"
+    status, _, err = run_cli(capsys, "prepare", "--format", "folders", "--root", tmp_path / "gray", "--image-size", 16,
+                             "--name", "gray", "--out", tmp_path / "gray-16", "--quiet")
+    assert status == 0, err
+    with np.load(tmp_path / "gray-16" / "test.npz") as npz:
+        images = npz["images"]
+    assert images.shape == (5 * 6, 3, 16, 16)
+    assert np.array_equal(images[:, 0], images[:, 1]) and np.array_equal(images[:, 1], images[:, 2])
+
+    assert train(capsys, prepared, tmp_path / "run")[0] == 0  # 3-way 1-shot, 3 queries: 4 images a class
+    evaluate = ["evaluate", "--data", tmp_path / "gray-16", "--checkpoint", tmp_path / "run" / "best.pt",
+                "--train-dataset", "small", "--episodes", 4, "--device", "cpu", "--quiet"]
+    status, out, err = run_cli(capsys, *evaluate, "--skip-if-too-small", "--out", tmp_path / "eval")
+    assert status == 0, err
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert (summary["dataset"], summary["eval_dataset"], summary["episodes"]) == ("small", "gray", 4)
+    assert "skipped" not in summary and len(list(csv.DictReader(open(tmp_path / "eval" / "episodes.csv")))) == 4
+
+    status, out, err = run_cli(capsys, *evaluate, "--skip-if-too-small", "--n-query", 6, "--out", tmp_path / "skip")
+    assert status == 0, err
+    reason = "split 'test': class 'test_c0' has 6 images; a 1-shot episode with 6 queries needs 7"
+    assert out.strip() == f"meta_lstm on gray: skipped: {reason}"
+    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    assert summary["skipped"] == reason and summary["episodes"] == 0 and "acc_mean" not in summary
+    assert (tmp_path / "skip" / "episodes.csv").read_text().strip() == "episode,accuracy,episode_sha"
+
+    status, _, err = run_cli(capsys, *evaluate, "--n-query", 6, "--out", tmp_path / "fail")
+    assert status == 2 and err.strip() == f"reproml evaluate: error: {tmp_path / 'gray-16'}: {reason}"
+    assert not (tmp_path / "fail" / "summary.json").exists()

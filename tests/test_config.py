@@ -22,7 +22,7 @@ def check(change):
 
 
 def test_shipped_configs_are_valid_and_get_defaults():
-    for name in ("config.yaml", "smoke.yaml"):
+    for name in ("config.yaml", "smoke.yaml", "smoke-analyses.yaml"):
         config = validate_config(yaml.safe_load((REPO / "config" / name).read_text()), SCHEMA)
         assert config["eval_seed"] == 0 and config["deviations"] == []
         assert all(s["lr"] == 0.001 and s["grad_clip"] == 0.25 for s in config["settings"].values())
@@ -31,7 +31,7 @@ def test_shipped_configs_are_valid_and_get_defaults():
     assert paper["settings"]["5w1s"]["iterations"] == 75000 and paper["test_episodes"] == 600
     baselines = validate_config({"dataset": {"name": "d", "format": "demo"}, "settings": paper["settings"]},
                                 SCHEMA)["baselines"]
-    assert baselines == paper["baselines"]  # the defaults are the original code's
+    assert baselines == {"enabled": True, **paper["baselines"]}  # the defaults are the original code's
     assert len(baselines["finetune"]["lrs"]) * len(baselines["finetune"]["decays"]) == 42
 
 

@@ -71,3 +71,38 @@ def test_too_few_classes_is_a_clear_error():
 def test_too_few_images_names_the_class():
     with pytest.raises(UserError, match="class 'c0' has 10 images; a 5-shot episode with 15 queries needs 20"):
         EpisodeSampler(fake_split(per_class=10), 5, 5)
+
+
+def test_an_image_pool_fixes_p_images_per_class_for_every_episode():
+    split = fake_split(per_class=25)
+    sampler = EpisodeSampler(split, 5, 1, 5, seed=3, image_pool=8)
+    used = {c: set() for c in range(len(split.classes))}
+    for index in range(200):
+        e = sampler.episode(index)
+        for rows, labels in ((e.support_rows, e.support_labels), (e.query_rows, e.query_labels)):
+            for row, label in zip(rows, labels):
+                used[e.classes[label]].add(row)
+    for c, rows in used.items():
+        assert rows <= set(sampler.rows_of_class[c]) and len(sampler.rows_of_class[c]) == 8
+        assert set(sampler.rows_of_class[c]) <= set(split.rows_of_class[c])
+    assert sum(len(rows) for rows in used.values()) == 8 * len(split.classes)  # 200 episodes use every pooled image
+    free = EpisodeSampler(split, 5, 1, 5, seed=3)
+    assert len(set().union(*(free.episode(i).query_rows for i in range(200)))) > 8 * len(split.classes)
+
+
+def test_the_pool_depends_on_seed_and_split_only():
+    def pool(seed, name="train", image_pool=8):
+        return EpisodeSampler(fake_split(name=name), 5, 1, 5, seed=seed, image_pool=image_pool).rows_of_class
+    assert all(np.array_equal(a, b) for a, b in zip(pool(3), pool(3)))
+    assert not all(np.array_equal(a, b) for a, b in zip(pool(3), pool(4)))
+    assert not all(np.array_equal(a, b) for a, b in zip(pool(3), pool(3, "val")))
+    # a pool as large as the class is the whole class
+    sampler = EpisodeSampler(fake_split(), 5, 1, 5, seed=3, image_pool=25)
+    assert [sorted(r) for r in sampler.rows_of_class] == [sorted(r) for r in fake_split().rows_of_class]
+
+
+def test_an_image_pool_smaller_than_an_episode_or_a_class_is_a_clear_error():
+    with pytest.raises(UserError, match="--image-pool 5: a 1-shot episode with 5 queries needs at least 6"):
+        EpisodeSampler(fake_split(), 5, 1, 5, image_pool=5)
+    with pytest.raises(UserError, match="class 'c0' has 25 images; an image pool of 30 per class needs at least 30"):
+        EpisodeSampler(fake_split(), 5, 1, 5, image_pool=30)

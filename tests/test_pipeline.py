@@ -10,9 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
-from conftest import REAL_DATA, make_ravi, needs_real_data
+from conftest import REAL_DATA, make_folders, make_ravi, needs_real_data
 from test_data import break_truncated_csv, break_unreadable_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +83,43 @@ def test_smoke_dag_produces_summary_and_report(smoke_run):
     for job in per_job:
         assert (smoke_run / "logs" / f"{job}.log").is_file(), job
         assert (smoke_run / "benchmarks" / f"{job}.tsv").is_file(), job
+
+
+def test_the_student_analyses_with_a_grayscale_transfer_dataset_of_another_size(tmp_path):
+    """config/smoke-analyses.yaml, plus a 30x30 grayscale transfer dataset with 5 images a class:
+    enough for 5w1s with 4 queries, too few for 5w2s (skipped, with the reason in the report)."""
+    cwd = workdir(tmp_path)
+    make_folders(cwd / "gray", per_class=5, size=(30, 30), mode="L")
+    (cwd / "gray.yaml").write_text("transfer: [{name: gray, format: folders, root: gray}]\n")  # replaces demo-small
+    result = snakemake(cwd, "--configfile", "config/smoke-analyses.yaml", "gray.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    rows = summary_rows(cwd)
+    pooled = [r for r in rows if r["setting"].endswith("-pool6")]
+    assert {(r["method"], r["image_pool"]) for r in pooled} == {("meta_lstm", "6")}  # no baselines for a pool
+    reason = "has 5 images; a 2-shot episode with 4 queries needs 6"
+    transfer = [r for r in rows if r["eval_dataset"] != r["dataset"]]
+    assert {(r["dataset"], r["eval_dataset"]) for r in transfer} == {("demo-smoke", "gray")} and len(transfer) == 10
+    for r in transfer:
+        if r["k_shot"] == "1":
+            assert int(r["episodes"]) == 6 and r["verdict"] == "transfer (no published figure)"
+        else:
+            assert r["episodes"] == "0" and r["verdict"].startswith("skipped: ") and reason in r["verdict"]
+    gray = cwd / "results" / "transfer" / "demo-smoke" / "gray" / "5w1s"
+    shas = {folder: [e["episode_sha"] for e in csv.DictReader(open(gray / folder / "episodes.csv"))]
+            for folder in ("seed0/meta_lstm", "seed0/baseline_finetune", "untrained/pixel_nearest_neighbor")}
+    assert len({tuple(v) for v in shas.values()}) == 1  # every method on the same transfer episodes
+    with np.load(cwd / "results" / "data" / "transfer" / "gray" / "test.npz") as npz:
+        assert npz["images"].shape == (25, 3, 16, 16)
+
+    html = (cwd / "results" / "report" / "report.html").read_text()
+    for text in ("snakemake --cores 4 --configfile config/smoke-analyses.yaml gray.yaml\n", "5w1s / 5w1s-pool6", "5w2s / 5w2s-pool6", "(P = 6)", "Transfer to other datasets",
+                 "skipped: split &#39;test&#39;: class", "<code>gray</code> (format <code>folders</code>)"):
+        assert text in html, text
+    tex = (cwd / "results" / "report" / "report.tex").read_text()
+    assert "5w1s-pool6" in tex and "Transfer to other datasets" in tex and "skipped: split" in tex
+    for job in ("prepare_transfer_data/gray", "evaluate_transfer/demo-smoke/gray/5w1s/seed0/meta_lstm"):
+        assert (cwd / "logs" / f"{job}.log").is_file(), job
 
 
 def test_a_second_run_has_nothing_to_do(smoke_run):
@@ -224,6 +263,13 @@ def test_the_same_pipeline_runs_on_real_data_by_overriding_the_dataset(tmp_path)
     assert manifest["splits"]["train"]["classes"] == 64 and manifest["image_size"] == 84
 
 
+def smoke_config():
+    from reproml.config import validate_config
+
+    return validate_config(yaml.safe_load((REPO / "config" / "smoke.yaml").read_text()),
+                           REPO / "workflow" / "schemas" / "config.schema.yaml")
+
+
 def test_report_escapes_html_and_latex(smoke_run, tmp_path):
     from reproml.report.render import latex_escape, render_report
 
@@ -236,7 +282,7 @@ def test_report_escapes_html_and_latex(smoke_run, tmp_path):
     (data / "manifest.json").write_text(json.dumps(manifest))
     results = smoke_run / "results"
     render_report(REPO / "report" / "templates", results / "summary.csv", data / "manifest.json",
-                  results / "figures", smoke_run / "benchmarks", {"seeds": [0], "test_episodes": 6, "eval_seed": 0},
+                  results / "figures", smoke_run / "benchmarks", smoke_config(),
                   "config/smoke.yaml", sorted(map(str, results.glob("runs/*/*/*/run.json"))),
                   sorted(map(str, results.glob("eval/*/*/*/*/summary.json"))),
                   sorted(map(str, results.glob("pretrain/*/*/run.json"))), REPO / "report" / "published-results.yaml",

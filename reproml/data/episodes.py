@@ -6,6 +6,9 @@ labels are 0..N-1 by the class's position in the draw.
 
 Episode `i` of a stream depends only on (seed, stream, i): the same seed gives the same
 episodes whatever method consumes them, and a resumed run continues exactly where it stopped.
+
+An image pool (`image_pool=P`) restricts a split to P images per class, drawn once from the seed,
+as the public PyTorch loaders did (P = 20); the original draws from every image.
 """
 
 import hashlib
@@ -17,6 +20,7 @@ import torch
 from reproml.errors import UserError
 
 STREAMS = {"train": 0, "val": 1, "test": 2}
+POOL_TAG = 7919  # keeps the pool's random stream apart from every episode's
 
 
 @dataclass
@@ -28,24 +32,53 @@ class Episode:
     classes: np.ndarray  # the split's class indices, in label order
 
 
+def shortfall(split, n_way, k_shot, n_query):
+    """Why `split` cannot give N-way K-shot episodes with Q queries per class, or None if it can."""
+    if len(split.classes) < n_way:
+        return (f"split {split.name!r} has {len(split.classes)} classes; "
+                f"a {n_way}-way episode needs at least {n_way}")
+    needed = k_shot + n_query
+    for name, rows in zip(split.classes, split.rows_of_class):
+        if len(rows) < needed:
+            return (f"split {split.name!r}: class {name!r} has {len(rows)} images; "
+                    f"a {k_shot}-shot episode with {n_query} queries needs {needed}")
+    return None
+
+
+def fixed_pool(split, image_pool, seed, stream):
+    """The rows of `image_pool` images per class, drawn once from the seed, as the public
+    loaders did when they were built (the original code draws from every image)."""
+    rng = np.random.default_rng([seed, stream, POOL_TAG, image_pool])
+    pools = []
+    for name, rows in zip(split.classes, split.rows_of_class):
+        if len(rows) < image_pool:
+            raise UserError(f"split {split.name!r}: class {name!r} has {len(rows)} images; "
+                            f"an image pool of {image_pool} per class needs at least {image_pool}")
+        pools.append(np.sort(rng.choice(rows, image_pool, replace=False)))
+    return pools
+
+
 class EpisodeSampler:
-    def __init__(self, split, n_way, k_shot, n_query=15, seed=0, stream=None):
+    """Episodes of one split. With `image_pool` P, every episode draws from the same P images
+    per class (fixed from the seed); without it, from all of the class's images."""
+
+    def __init__(self, split, n_way, k_shot, n_query=15, seed=0, stream=None, image_pool=None):
         self.split, self.n_way, self.k_shot, self.n_query, self.seed = split, n_way, k_shot, n_query, seed
         self.stream = STREAMS[stream or split.name]
-        if len(split.classes) < n_way:
-            raise UserError(f"split {split.name!r} has {len(split.classes)} classes; "
-                            f"a {n_way}-way episode needs at least {n_way}")
-        needed = k_shot + n_query
-        for name, rows in zip(split.classes, split.rows_of_class):
-            if len(rows) < needed:
-                raise UserError(f"split {split.name!r}: class {name!r} has {len(rows)} images; "
-                                f"a {k_shot}-shot episode with {n_query} queries needs {needed}")
+        problem = shortfall(split, n_way, k_shot, n_query)
+        if problem:
+            raise UserError(problem)
+        if image_pool is not None and image_pool < k_shot + n_query:
+            raise UserError(f"--image-pool {image_pool}: a {k_shot}-shot episode with {n_query} queries "
+                            f"needs at least {k_shot + n_query} images per class")
+        self.rows_of_class = split.rows_of_class if image_pool is None else \
+            fixed_pool(split, image_pool, seed, self.stream)
 
     def episode(self, index):
         rng = np.random.default_rng([self.seed, self.stream, index])
         classes = rng.choice(len(self.split.classes), self.n_way, replace=False)
         support, query = [], []
-        for rows in (self.split.rows_of_class[c] for c in classes):
+        for rows in (self.rows_of_class[c] for c in classes):
             drawn = rng.permutation(rows)[: self.k_shot + self.n_query]
             support.append(drawn[: self.k_shot])
             query.append(drawn[self.k_shot:])

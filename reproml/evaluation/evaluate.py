@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from reproml.atomic import atomic_path, write_json
-from reproml.data.episodes import EpisodeSampler
+from reproml.data.episodes import EpisodeSampler, shortfall
 from reproml.data.prepared import load_split, read_manifest
 from reproml.errors import UserError
 from reproml.evaluation.gates import GateRecorder
@@ -77,7 +77,8 @@ def meta_lstm_method(checkpoint, device, manifest, data, n_way, k_shot, n_query)
     check_image_size(checkpoint, settings.image_size, manifest, data)
     meta.eval()
     recorder = GateRecorder(learner, device)
-    info = {"checkpoint": str(checkpoint), "checkpoint_iteration": ckpt.get("iteration"), "train_seed": ckpt.get("seed")}
+    info = {"checkpoint": str(checkpoint), "checkpoint_iteration": ckpt.get("iteration"), "train_seed": ckpt.get("seed"),
+            "train_dataset": ckpt.get("dataset"), "image_pool": ckpt.get("image_pool", "all")}
     return meta_lstm_classifier(meta, learner, settings, recorder), settings, info, ckpt.get("setting"), recorder
 
 
@@ -86,7 +87,8 @@ def baseline_method(method, checkpoint, finetune_choice, seed, device, manifest,
         raise UserError(f"--method {method} needs --checkpoint (a pre-trained network from 'reproml pretrain')")
     pretrained, ckpt = load_pretrained(checkpoint, device)
     check_image_size(checkpoint, ckpt["image_size"], manifest, data)
-    info = {"checkpoint": str(checkpoint), "checkpoint_iteration": ckpt.get("step"), "train_seed": ckpt.get("seed")}
+    info = {"checkpoint": str(checkpoint), "checkpoint_iteration": ckpt.get("step"), "train_seed": ckpt.get("seed"),
+            "train_dataset": ckpt.get("dataset")}
     if method == "baseline_nearest_neighbor":
         return feature_nearest_neighbor(pretrained), info
     if finetune_choice is None:
@@ -97,12 +99,19 @@ def baseline_method(method, checkpoint, finetune_choice, seed, device, manifest,
 
 
 def evaluate(data, episodes, seed, out, method="meta_lstm", checkpoint=None, device="auto", split="test",
-             n_way=None, k_shot=None, n_query=None, label=None, finetune_choice=None, progress=True):
+             n_way=None, k_shot=None, n_query=None, label=None, finetune_choice=None, train_dataset=None,
+             skip_if_too_small=False, progress=True):
     """Evaluate one method on episodes 0..episodes-1 of `seed`; write episodes.csv and summary.json
     (and gates.csv for the meta-learner).
 
     Every method sees the same episodes for the same seed; episodes.csv records a fingerprint of
-    each episode's images so that a paired comparison can check it."""
+    each episode's images so that a paired comparison can check it.
+
+    `data` may be another dataset than the method was trained on (transfer), prepared at the
+    training image size; the summary's `dataset` names the training data (`train_dataset`, else
+    the checkpoint's, else `data`'s) and `eval_dataset` the data evaluated on. With
+    `skip_if_too_small`, data with too few classes or images per class for the episodes gives a
+    summary that says so (`skipped`) instead of an error."""
     if episodes < 2:
         raise UserError(f"--episodes {episodes}: need at least 2 for a confidence interval")
     if method not in METHODS:
@@ -126,24 +135,33 @@ def evaluate(data, episodes, seed, out, method="meta_lstm", checkpoint=None, dev
             classify, info = baseline_method(method, checkpoint, finetune_choice, seed, device, manifest, data,
                                              settings)
     label = label or f"{settings.n_way}w{settings.k_shot}s"
-    sampler = EpisodeSampler(load_split(data, split, device), settings.n_way, settings.k_shot,
-                             settings.n_query, seed, stream=split)
-    start = time.perf_counter()
-    accuracies = episode_accuracies(classify, sampler, episodes, device, desc=f"evaluate {method}", progress=progress)
-    seconds = time.perf_counter() - start
-
+    eval_split = load_split(data, split, device)
+    problem = shortfall(eval_split, settings.n_way, settings.k_shot, settings.n_query)
+    if problem and not skip_if_too_small:
+        raise UserError(f"{data}: {problem}")
+    summary = {"method": method, "dataset": train_dataset or info.pop("train_dataset", None) or manifest.get("name"),
+               "eval_dataset": manifest.get("name"), "dataset_format": manifest["source"]["format"], "setting": label,
+               "train_seed": None, **info, "split": split, "seed": seed, "n_way": settings.n_way,
+               "k_shot": settings.k_shot, "n_query": settings.n_query, "dataset_sha256": manifest.get("dataset_sha256"),
+               "device": str(device)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    accuracies, fingerprints = [], []
+    if problem:
+        summary.update(skipped=problem, episodes=0)
+    else:
+        sampler = EpisodeSampler(eval_split, settings.n_way, settings.k_shot, settings.n_query, seed, stream=split)
+        start = time.perf_counter()
+        accuracies = episode_accuracies(classify, sampler, episodes, device, desc=f"evaluate {method}",
+                                        progress=progress)
+        seconds = time.perf_counter() - start
+        fingerprints = [sampler.fingerprint(i) for i in range(episodes)]
+        summary.update(summarize(accuracies), s_per_episode=seconds / episodes)
     with atomic_path(out / "episodes.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["episode", "accuracy", "episode_sha"])
-        writer.writerows((i, f"{a:.6f}", sampler.fingerprint(i)) for i, a in enumerate(accuracies))
-    if recorder:
+        writer.writerows((i, f"{a:.6f}", sha) for i, (a, sha) in enumerate(zip(accuracies, fingerprints)))
+    if recorder and accuracies:
         recorder.write_csv(out / "gates.csv")
-    summary = {**summarize(accuracies), "method": method, "dataset": manifest.get("name"),
-               "dataset_format": manifest["source"]["format"], "setting": label, "train_seed": None, **info,
-               "split": split, "seed": seed, "n_way": settings.n_way, "k_shot": settings.k_shot,
-               "n_query": settings.n_query, "dataset_sha256": manifest.get("dataset_sha256"),
-               "device": str(device), "s_per_episode": seconds / episodes}
     write_json(out / "summary.json", summary)
     return summary

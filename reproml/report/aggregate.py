@@ -1,5 +1,8 @@
-"""One row per (dataset, setting, method): our numbers over all seeds and test episodes, beside
-the published ones, with a verdict against the paper where the comparison means something."""
+"""One row per (training dataset, evaluation dataset, setting, method): our numbers over all seeds
+and test episodes, beside the published ones, with a verdict against the paper where the
+comparison means something. Rows whose evaluation dataset is not the training dataset are
+transfer results; a transfer the data cannot support (too few classes or images per class) is a
+row whose verdict says why it was skipped."""
 
 import csv
 import json
@@ -12,7 +15,7 @@ from reproml.atomic import atomic_path
 from reproml.errors import UserError
 from reproml.statistics import compare_to_published, paired_difference, summarize
 
-COLUMNS = ["dataset", "setting", "n_way", "k_shot", "method", "seeds", "episodes", "acc_mean", "acc_std",
+COLUMNS = ["dataset", "eval_dataset", "setting", "n_way", "k_shot", "image_pool", "method", "seeds", "episodes", "acc_mean", "acc_std",
            "acc_var", "ci95", "seed_mean_std", "meta_lstm_minus_this", "meta_lstm_minus_this_ci95",
            "paper_mean", "paper_ci95", "comp6248_mean", "verdict"]
 
@@ -56,24 +59,36 @@ def aggregate(eval_summaries, published_path, out):
         summary["episodes_by_sha"] = read_episodes(path)
         evals.append(summary)
     frame = pd.DataFrame(evals)
+    for column in ("eval_dataset", "image_pool", "skipped"):  # absent from summaries of older versions
+        if column not in frame:
+            frame[column] = None
+    frame["eval_dataset"] = frame["eval_dataset"].fillna(frame["dataset"])
     frame["train_seed"] = frame["train_seed"].astype("float")  # None for untrained methods -> NaN
     rows = []
-    for (dataset, setting, method), group in frame.groupby(["dataset", "setting", "method"], sort=False):
-        pooled = summarize([a for by_sha in group["episodes_by_sha"] for a in by_sha.values()])
-        seed_means = group["acc_mean"]
+    keys = ["dataset", "eval_dataset", "setting"]
+    for (dataset, eval_dataset, setting, method), group in frame.groupby(keys + ["method"], sort=False):
         first = group.iloc[0]
-        row = {"dataset": dataset, "setting": setting, "n_way": int(first["n_way"]), "k_shot": int(first["k_shot"]),
-               "method": method, "seeds": len(group), **pooled,
-               "seed_mean_std": float(seed_means.std(ddof=1)) if len(group) > 1 else None}
-        meta_lstm = frame[(frame["dataset"] == dataset) & (frame["setting"] == setting) & (frame["method"] == "meta_lstm")]
+        row = {"dataset": dataset, "eval_dataset": eval_dataset, "setting": setting, "n_way": int(first["n_way"]),
+               "k_shot": int(first["k_shot"]), "image_pool": first["image_pool"], "method": method,
+               "seeds": len(group)}
+        if group["skipped"].notna().any():
+            rows.append({**row, "episodes": 0, "verdict": f"skipped: {group['skipped'].dropna().iloc[0]}"})
+            continue
+        pooled = summarize([a for by_sha in group["episodes_by_sha"] for a in by_sha.values()])
+        row.update(pooled, seed_mean_std=float(group["acc_mean"].std(ddof=1)) if len(group) > 1 else None)
+        same_task = (frame[keys] == [dataset, eval_dataset, setting]).all(axis=1)
+        meta_lstm = frame[same_task & (frame["method"] == "meta_lstm") & frame["skipped"].isna()]
         paired = paired_with_meta_lstm(group, meta_lstm) if method != "meta_lstm" and len(meta_lstm) else None
         row["meta_lstm_minus_this"] = paired["diff_mean"] if paired else None
         row["meta_lstm_minus_this_ci95"] = paired["diff_ci95"] if paired else None
-        ref = paper.get((method, setting))
+        ref = paper.get((method, setting)) if eval_dataset == dataset else None
         row["paper_mean"] = ref["mean"] if ref else None
         row["paper_ci95"] = ref["ci95"] if ref else None
-        row["comp6248_mean"] = comp6248[(method, setting)]["mean"] if (method, setting) in comp6248 else None
-        if ref is None:
+        row["comp6248_mean"] = comp6248[(method, setting)]["mean"] \
+            if eval_dataset == dataset and (method, setting) in comp6248 else None
+        if eval_dataset != dataset:
+            row["verdict"] = "transfer (no published figure)"
+        elif ref is None:
             row["verdict"] = "no published figure"
         elif first.get("dataset_format") == "demo":
             row["verdict"] = "not comparable (demo data)"
@@ -81,7 +96,8 @@ def aggregate(eval_summaries, published_path, out):
             row["verdict"] = compare_to_published(pooled["acc_mean"], pooled["ci95"], ref["mean"], ref["ci95"])
         rows.append(row)
     setting_order = list(dict.fromkeys(frame["setting"]))
-    rows.sort(key=lambda r: (r["dataset"], setting_order.index(r["setting"]), r["method"] != "meta_lstm", r["method"]))
+    rows.sort(key=lambda r: (r["dataset"], r["eval_dataset"] != r["dataset"], r["eval_dataset"],
+                             setting_order.index(r["setting"]), r["method"] != "meta_lstm", r["method"]))
     table = pd.DataFrame(rows, columns=COLUMNS)
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")

@@ -9,6 +9,8 @@
 
 import math
 
+import pandas as pd
+
 from reproml.statistics import compare_to_published
 
 BASELINES = ("baseline_nearest_neighbor", "baseline_finetune")
@@ -32,8 +34,10 @@ def published(paper, method, setting):
 
 
 def find_row(rows, k_shot, method):
-    """The summary row of a 5-way `k_shot` setting for `method`, or None."""
-    return next((r for r in rows if r["n_way"] == 5 and r["k_shot"] == k_shot and r["method"] == method), None)
+    """The summary row of a 5-way `k_shot` setting for `method` under the original protocol (every
+    image in play, not a fixed image pool), or None."""
+    return next((r for r in rows if r["n_way"] == 5 and r["k_shot"] == k_shot and r["method"] == method
+                 and (pd.isna(r.get("image_pool")) or r["image_pool"] == "all")), None)
 
 
 def against_baselines(rows, k_shot):

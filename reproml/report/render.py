@@ -18,6 +18,7 @@ from markupsafe import Markup
 from reproml.atomic import atomic_path, write_text
 from reproml.data.prepared import read_manifest
 from reproml.report.aggregate import published_lookup
+from reproml.report.analyses import image_pool_ablation, transfer_table
 from reproml.report.claims import METHOD_NAMES, assess_claims
 from reproml.settings import DEVIATIONS, TaskSettings
 
@@ -111,7 +112,8 @@ def run_details(run_files, evals):
         settings = TaskSettings.from_dict(run["settings"])
         details.setdefault(run["setting"], {"settings": settings, "inner_steps": settings.inner_steps,
                                             "val_every": run["val_every"], "val_episodes": run["val_episodes"],
-                                            "iterations": run["iterations"], "seeds": []})
+                                            "iterations": run["iterations"], "image_pool": run.get("image_pool", "all"),
+                                            "seeds": []})
         details[run["setting"]]["seeds"].append({
             "seed": run["seed"], "best_iteration": run["best_iteration"], "best_val_acc": fmt(run["best_val_acc"]),
             "test": f"{fmt(e.get('acc_mean'))} ± {fmt(e.get('ci95'))}", "device": run["device"],
@@ -146,31 +148,39 @@ def embedded_figures(figures, names, out):
     return embedded
 
 
+def rerun_command(configfiles):
+    """The command that made this report; several config files go after one --configfile."""
+    files = [f for f in configfiles.split() if f != "config/config.yaml"]
+    return "snakemake --cores 4" + (" --configfile " + " ".join(files) if files else "")
+
+
 def render_report(templates, summary_csv, manifest_path, figures, benchmarks, config, configfiles, run_files, eval_files,
                   pretrain_files, published_path, out):
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    summary = pd.read_csv(summary_csv)
+    summary = pd.read_csv(summary_csv, dtype={"image_pool": str})
     manifest = read_manifest(Path(manifest_path).parent)
     demo = manifest["source"]["format"] == "demo"
-    rows = main_table(summary)
-    evals = [json.loads(Path(p).read_text()) for p in eval_files]
+    in_domain = summary[summary["eval_dataset"] == summary["dataset"]]
+    rows = main_table(in_domain)
+    evals = [e for e in map(json.loads, (Path(p).read_text() for p in eval_files))
+             if e.get("eval_dataset", e["dataset"]) == e["dataset"]]  # the transfer results have their own table
     details = run_details(run_files, evals)
     pretraining, finetune = baseline_details(pretrain_files, evals)
     curves = embedded_figures(figures, [(s, f"curve_{s}.png") for s in details], out)
     gates = embedded_figures(figures, [(s, f"gates_{s}.png") for s in details], out)
-    claims = assess_claims(summary.to_dict("records"), published_lookup(published_path)[0], demo)
+    claims = assess_claims(in_domain.to_dict("records"), published_lookup(published_path)[0], demo)
     runs = [json.loads(Path(p).read_text()) for p in run_files]
     context = {
         "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "demo": demo, "manifest": manifest, "config": config, "rows": rows, "details": details, "curves": curves,
         "gates": gates, "claims": claims, "pretraining": pretraining, "finetune": finetune,
+        "image_pool": image_pool_ablation(config["settings"], eval_files), "transfer": transfer_table(summary),
         "deviations": [(name, DEVIATIONS[name]) for name in config.get("deviations", [])],
         "versions": package_versions(), "commit": git_commit(),
         "devices": sorted({r["device"] for r in runs}), "rule_times": rule_times(benchmarks),
-        "commands": ["snakemake --cores 4" + "".join(f" --configfile {f}" for f in configfiles.split()
-                                                      if f != "config/config.yaml"),
-                     "snakemake --cores 4 --forcerun results/runs/*/SETTING/*/run.json   # rerun one setting"],
+        "commands": [rerun_command(configfiles),
+                     rerun_command(configfiles) + " --forcerun results/runs/*/SETTING/*/run.json   # rerun one setting"],
         "table_header": TABLE_HEADER, "table_keys": TABLE_KEYS, "fmt": fmt,
     }
     html_env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True,

@@ -41,7 +41,9 @@ def meta_step(meta, learner, settings, optimizer, episode):
     return loss, logits
 
 
-def train(data, settings, iterations, val_every, val_episodes, seed, out, device="auto", label=None, progress=True):
+def train(data, settings, iterations, val_every, val_episodes, seed, out, device="auto", label=None, image_pool=None,
+          progress=True):
+    """Meta-train on `data` (episodes from a fixed pool of `image_pool` images per class if given)."""
     check_schedule("--iterations", iterations, val_every, val_episodes)
     device = resolve_device(device)
     manifest = read_manifest(data)
@@ -51,12 +53,11 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
     label = label or f"{settings.n_way}w{settings.k_shot}s"
     run_config = {"setting": label, "dataset": manifest.get("name"), "settings": settings.to_dict(), "seed": seed,
                   "val_every": val_every, "val_episodes": val_episodes,
-                  "dataset_sha256": manifest.get("dataset_sha256")}
+                  "dataset_sha256": manifest.get("dataset_sha256"), "image_pool": image_pool or "all"}
 
-    train_sampler = EpisodeSampler(load_split(data, "train", device), settings.n_way, settings.k_shot,
-                                   settings.n_query, seed)
-    val_sampler = EpisodeSampler(load_split(data, "val", device), settings.n_way, settings.k_shot,
-                                 settings.n_query, seed)
+    train_sampler, val_sampler = (EpisodeSampler(load_split(data, split, device), settings.n_way, settings.k_shot,
+                                                 settings.n_query, seed, image_pool=image_pool)
+                                  for split in ("train", "val"))
     learner, meta = build(settings, seed, device)
     optimizer = torch.optim.Adam(meta.parameters(), lr=settings.lr)
     state = new_state()
@@ -87,7 +88,8 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
                                                val_episodes, device, desc="validate", progress=progress))
             bar.set_postfix(val_acc=f"{val['acc_mean']:.2f}")
             if record_validation(state, done, val):
-                best = checkpoint(meta, settings, iteration=done, val_acc=val["acc_mean"], seed=seed, setting=label)
+                best = checkpoint(meta, settings, iteration=done, val_acc=val["acc_mean"], seed=seed, setting=label,
+                                  dataset=run_config["dataset"], image_pool=run_config["image_pool"])
             save_torch(out / "last.pt", {"run_config": run_config, "meta_learner": meta.state_dict(),
                               "optimizer": optimizer.state_dict(), "state": state, "best": best})
             write_outputs(out, state, best)

@@ -97,7 +97,8 @@ def pretrain(data, steps, batch_size, lr, val_every, val_episodes, seed, out, de
                                                desc="validate", progress=progress))
             bar.set_postfix(val_acc=f"{val['acc_mean']:.2f}")
             if record_validation(state, done, val):
-                best = net.checkpoint(step=done, val_acc=val["acc_mean"], seed=seed, classes=list(train_split.classes))
+                best = net.checkpoint(step=done, val_acc=val["acc_mean"], seed=seed, classes=list(train_split.classes),
+                                      dataset=run_config["dataset"])
             save_torch(out / "last.pt", {"run_config": run_config, "params": params.detach(),
                                          "bn_stats": net.bn_stats, "optimizer": optimizer.state_dict(),
                                          "state": state, "best": best})

@@ -29,7 +29,10 @@ def load_last(out, run_config, length_option, length, device):
         return None
     saved = torch.load(last, map_location=device, weights_only=True)
     if saved["run_config"] != run_config:
-        raise UserError(f"{out}: holds a run with other settings; use another --out or delete that folder")
+        differ = sorted(key for key in saved["run_config"].keys() | run_config.keys()
+                        if saved["run_config"].get(key) != run_config.get(key))
+        raise UserError(f"{out}: holds a run with other settings ({', '.join(differ)}); use another --out or "
+                        "delete that folder")
     done = saved["state"]["iteration"]
     if done > length:
         raise UserError(f"{out}: already trained for {done} iterations, more than {length_option} {length}; "

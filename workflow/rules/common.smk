@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ except UserError as error:
 DATASET = config["dataset"]["name"]
 DATA = f"results/data/{DATASET}"
 SETTINGS = list(config["settings"])
+# An image pool changes only meta-training, so the baselines run once, for the settings without one.
+BASELINE_SETTINGS = [name for name, s in config["settings"].items() if s["image_pool"] == "all"]
+TRANSFER = {d["name"]: d for d in config["transfer"]}
 SEEDS = config["seeds"]
 RUN = "results/runs/{dataset}/{setting}/seed{seed}"
 EVAL = "results/eval/{dataset}/{setting}/seed{seed}/{method}"
@@ -24,13 +28,17 @@ BASELINE_NN_EVAL = EVAL.replace("{method}", "baseline_nearest_neighbor")
 BASELINE_FINETUNE_EVAL = EVAL.replace("{method}", "baseline_finetune")
 PRETRAIN = "results/pretrain/{dataset}/seed{seed}"  # the baselines' network: one per dataset and seed
 FINETUNE_GRID = "results/finetune_grid/{dataset}/{setting}/seed{seed}"
-TRAINED_METHODS = ["meta_lstm", "baseline_nearest_neighbor", "baseline_finetune"]
+BASELINES = ["baseline_nearest_neighbor", "baseline_finetune"] if config["baselines"]["enabled"] else []
+TRANSFER_DATA = "results/data/transfer/{eval_dataset}"
+TRANSFER_EVAL = "results/transfer/{dataset}/{eval_dataset}/{setting}/seed{seed}/{method}"
+TRANSFER_UNTRAINED_EVAL = "results/transfer/{dataset}/{eval_dataset}/{setting}/untrained/{method}"
 LATEXMK = shutil.which("latexmk") is not None
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9._-]+",
     setting=r"[A-Za-z0-9_-]+",
     seed=r"\d+",
+    eval_dataset=r"[A-Za-z0-9._-]+",
 
 
 def uses_gpu():
@@ -48,10 +56,21 @@ def all_runs(name):
     return expand(f"{RUN}/{name}", dataset=DATASET, setting=SETTINGS, seed=SEEDS)
 
 
+def evaluations(trained, untrained, **wildcards):
+    """Evaluation summaries: the meta-learner per (setting, seed), the baselines per (setting
+    without an image pool, seed), pixel 1-NN per setting without an image pool."""
+    return (expand(f"{trained}/summary.json", dataset=DATASET, setting=SETTINGS, seed=SEEDS, method="meta_lstm",
+                   **wildcards)
+            + expand(f"{trained}/summary.json", dataset=DATASET, setting=BASELINE_SETTINGS, seed=SEEDS,
+                     method=BASELINES, **wildcards)
+            + expand(f"{untrained}/summary.json", dataset=DATASET, setting=BASELINE_SETTINGS,
+                     method="pixel_nearest_neighbor", **wildcards))
+
+
 def all_evals():
-    """Every evaluation summary: trained methods per (setting, seed), pixel 1-NN per setting."""
-    return (expand(f"{EVAL}/summary.json", dataset=DATASET, setting=SETTINGS, seed=SEEDS, method=TRAINED_METHODS)
-            + expand(f"{PIXEL_NN_EVAL}/summary.json", dataset=DATASET, setting=SETTINGS))
+    """Every evaluation summary: on the training dataset's test split, then on each transfer dataset's."""
+    return (evaluations(EVAL, UNTRAINED_EVAL)
+            + evaluations(TRANSFER_EVAL, TRANSFER_UNTRAINED_EVAL, eval_dataset=list(TRANSFER)))
 
 
 def all_gates():

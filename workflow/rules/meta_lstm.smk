@@ -8,6 +8,7 @@ def train_args(wildcards):
             f"--lr {s['lr']} --grad-clip {s['grad_clip']}"]
     args += [f"--{key.replace('_', '-')} {s[key]}" for key in OPTIONAL_TRAIN_KEYS if key in s]
     args += [f"--deviation {name}" for name in config["deviations"]]
+    args.append(f"--image-pool {s['image_pool']}")
     return " ".join(args)
 
 

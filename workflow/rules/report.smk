@@ -33,7 +33,7 @@ rule report:
         figures=expand("results/figures/{kind}_{setting}.png", kind=["curve", "gates"], setting=SETTINGS),
         runs=all_runs("run.json"),
         evals=all_evals(),
-        pretrain_runs=expand(f"{PRETRAIN}/run.json", dataset=DATASET, seed=SEEDS),
+        pretrain_runs=expand(f"{PRETRAIN}/run.json", dataset=DATASET, seed=SEEDS) if BASELINE_SETTINGS and BASELINES else [],
         published="report/published-results.yaml",
         manifest=f"{DATA}/manifest.json",
         templates=Path("report/templates").glob("*.j2"),
@@ -42,7 +42,8 @@ rule report:
         tex="results/report/report.tex",
     params:
         config=json.dumps(config, sort_keys=True),
-        configfiles=" ".join(str(f) for f in workflow.overwrite_configfiles) or "config/config.yaml",
+        # relative to the working directory: the report shows a command to rerun, not this machine's paths
+        configfiles=" ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles) or "config/config.yaml",
     log:
         "logs/report.log",
     benchmark:

@@ -27,6 +27,12 @@ def published_lookup(path):
     return table("paper"), table("comp6248")
 
 
+def in_domain(summary):
+    """Whether an evaluation was on its training dataset's own test split: for one summary JSON's
+    dict a bool, for summary.csv's frame a mask (transfer results have a table of their own)."""
+    return summary.get("eval_dataset", summary["dataset"]) == summary["dataset"]
+
+
 def read_episodes(summary_path):
     """{episode fingerprint: accuracy} from the episodes.csv beside a summary.json."""
     with open(Path(summary_path).parent / "episodes.csv", newline="") as f:

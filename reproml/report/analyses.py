@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reproml.report.aggregate import read_episodes
+from reproml.report.aggregate import in_domain, read_episodes
 from reproml.report.claims import METHOD_NAMES, paired_outcome
 from reproml.statistics import paired_difference, summarize
 
@@ -35,8 +35,7 @@ def meta_lstm_episodes(eval_files, setting):
     by_seed = {}
     for path in eval_files:
         summary = json.loads(Path(path).read_text())
-        in_domain = summary.get("eval_dataset", summary["dataset"]) == summary["dataset"]
-        if summary["method"] == "meta_lstm" and summary["setting"] == setting and in_domain:
+        if summary["method"] == "meta_lstm" and summary["setting"] == setting and in_domain(summary):
             by_seed[summary["train_seed"]] = read_episodes(path)
     return by_seed
 
@@ -71,11 +70,11 @@ def summary_text(accuracies):
 
 def transfer_table(summary):
     """Transfer rows beside the same (setting, method) evaluated on its training dataset."""
-    in_domain = summary[summary["eval_dataset"] == summary["dataset"]].set_index(["dataset", "setting", "method"])
+    home_rows = summary[in_domain(summary)].set_index(["dataset", "setting", "method"])
     rows = []
-    for row in summary[summary["eval_dataset"] != summary["dataset"]].to_dict("records"):
+    for row in summary[~in_domain(summary)].to_dict("records"):
         key = (row["dataset"], row["setting"], row["method"])
-        home = in_domain.loc[key] if key in in_domain.index else None
+        home = home_rows.loc[key] if key in home_rows.index else None
         skipped = str(row["verdict"]).startswith("skipped: ")
         rows.append({
             "trained_on": row["dataset"], "evaluated_on": row["eval_dataset"], "setting": row["setting"],

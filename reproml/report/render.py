@@ -17,7 +17,7 @@ from markupsafe import Markup
 
 from reproml.atomic import atomic_path, write_text
 from reproml.data.prepared import read_manifest
-from reproml.report.aggregate import published_lookup
+from reproml.report.aggregate import in_domain, published_lookup
 from reproml.report.analyses import image_pool_ablation, transfer_table
 from reproml.report.claims import METHOD_NAMES, assess_claims
 from reproml.settings import DEVIATIONS, TaskSettings
@@ -161,15 +161,14 @@ def render_report(templates, summary_csv, manifest_path, figures, benchmarks, co
     summary = pd.read_csv(summary_csv, dtype={"image_pool": str})
     manifest = read_manifest(Path(manifest_path).parent)
     demo = manifest["source"]["format"] == "demo"
-    in_domain = summary[summary["eval_dataset"] == summary["dataset"]]
-    rows = main_table(in_domain)
-    evals = [e for e in map(json.loads, (Path(p).read_text() for p in eval_files))
-             if e.get("eval_dataset", e["dataset"]) == e["dataset"]]  # the transfer results have their own table
+    home = summary[in_domain(summary)]
+    rows = main_table(home)
+    evals = [e for e in map(json.loads, (Path(p).read_text() for p in eval_files)) if in_domain(e)]
     details = run_details(run_files, evals)
     pretraining, finetune = baseline_details(pretrain_files, evals)
     curves = embedded_figures(figures, [(s, f"curve_{s}.png") for s in details], out)
     gates = embedded_figures(figures, [(s, f"gates_{s}.png") for s in details], out)
-    claims = assess_claims(in_domain.to_dict("records"), published_lookup(published_path)[0], demo)
+    claims = assess_claims(home.to_dict("records"), published_lookup(published_path)[0], demo)
     runs = [json.loads(Path(p).read_text()) for p in run_files]
     context = {
         "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),

@@ -160,7 +160,8 @@ def test_a_wrong_config_stops_before_any_job(tmp_path, override, message):
 
 
 # The fault tests need only one setting's chain (prepare, train, evaluate), not the whole DAG.
-ONE_CHAIN = ("results/eval/demo-smoke/5w1s/seed0/meta_lstm/summary.json", "--configfile", "config/smoke.yaml", "long.yaml")
+CHAIN_EVAL = Path("results/eval/demo-smoke/5w1s/seed0/meta_lstm")
+ONE_CHAIN = (str(CHAIN_EVAL / "summary.json"), "--configfile", "config/smoke.yaml", "long.yaml")
 
 
 def start_until_first_checkpoint(cwd):
@@ -181,7 +182,7 @@ def test_interrupted_training_resumes_without_redoing_finished_jobs(tmp_path):
     process, last = start_until_first_checkpoint(cwd)
     os.killpg(process.pid, signal.SIGINT)
     process.wait(timeout=60)
-    summary = cwd / "results" / "eval" / "demo-smoke" / "5w1s" / "seed0" / "meta_lstm" / "summary.json"
+    summary = cwd / CHAIN_EVAL / "summary.json"
     assert not summary.exists()
     manifest = cwd / "results" / "data" / "demo-smoke" / "manifest.json"
     prepared_at = manifest.stat().st_mtime_ns
@@ -217,7 +218,7 @@ def test_a_killed_training_job_resumes_to_the_uninterrupted_results_and_a_second
 
     cwd = workdir(tmp_path / "killed")
     (cwd / "long.yaml").write_text(longer)
-    first, last = start_until_first_checkpoint(cwd)
+    first, _ = start_until_first_checkpoint(cwd)
 
     trainers = processes_in(cwd, "train", "5w1s")
     assert trainers, "the training job finished before it could be killed"
@@ -236,8 +237,8 @@ def test_a_killed_training_job_resumes_to_the_uninterrupted_results_and_a_second
     log = (cwd / "logs" / "train_meta_lstm" / "demo-smoke" / "5w1s" / "seed0.log").read_text()
     assert "resuming from iteration" in log
     assert uninterrupted.wait(timeout=600) == 0
-    for name in ("runs/demo-smoke/5w1s/seed0/curve.csv", "eval/demo-smoke/5w1s/seed0/meta_lstm/episodes.csv"):
-        assert (cwd / "results" / name).read_text() == (whole / "results" / name).read_text(), name
+    for name in ("results/runs/demo-smoke/5w1s/seed0/curve.csv", CHAIN_EVAL / "episodes.csv"):
+        assert (cwd / name).read_text() == (whole / name).read_text(), name
 
 
 @pytest.mark.parametrize("breaker", [break_unreadable_image, break_truncated_csv])

@@ -70,9 +70,10 @@ def summary_text(accuracies):
 
 def transfer_table(summary):
     """Transfer rows beside the same (setting, method) evaluated on its training dataset."""
-    home_rows = summary[in_domain(summary)].set_index(["dataset", "setting", "method"])
+    at_home = in_domain(summary)
+    home_rows = summary[at_home].set_index(["dataset", "setting", "method"])
     rows = []
-    for row in summary[~in_domain(summary)].to_dict("records"):
+    for row in summary[~at_home].to_dict("records"):
         key = (row["dataset"], row["setting"], row["method"])
         home = home_rows.loc[key] if key in home_rows.index else None
         skipped = str(row["verdict"]).startswith("skipped: ")

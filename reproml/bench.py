@@ -113,6 +113,7 @@ def bench(setting_names, image_size=84, episodes=5, device="auto"):
         train_gflop, eval_gflop = episode_flops(settings, True) / 1e9, episode_flops(settings, False) / 1e9
         results[name] = {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+            "meta_learner_layer1": meta.layer1_implementation(),
             "image_size": image_size, "inner_steps": settings.inner_steps, "episodes_timed": episodes,
             "train_s_per_episode": train_s, "eval_s_per_episode": eval_s, "eval_episodes_per_s": 1 / eval_s,
             "learner_gflop_per_train_episode": train_gflop, "learner_gflop_per_eval_episode": eval_gflop,
@@ -134,5 +135,6 @@ def format_table(results):
                      f"{100 * r['eval_fraction_of_matmul']:>7.1f}%")
     first = next(iter(results.values()))
     lines.append(f"device {first['device']}; float32 matrix multiply {first['matmul_gflops']:.0f} GFLOP/s; "
-                 f"medians of {first['episodes_timed']} episodes at {first['image_size']}x{first['image_size']}")
+                 f"medians of {first['episodes_timed']} episodes at {first['image_size']}x{first['image_size']}; "
+                 f"meta-learner layer 1: {first['meta_learner_layer1']}")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ def learner_logits(learner, flat, x, bn_stats, training, momentum):
 def meta_step(meta, loss, grad, c, state):
     h, cell, f_prev, i_prev = state
     n, hidden = c.shape[0], meta.lstm.hidden_size
-    inputs = torch.cat([preprocess(loss, meta.preprocess_p).expand(n, 2), preprocess(grad, meta.preprocess_p)], dim=1)
+    inputs = torch.cat([preprocess(loss, meta.preprocess_p).expand(n, 2), preprocess(grad, meta.preprocess_p).t()], dim=1)
     h, cell = meta.lstm(inputs, (h, cell))
     f_pre = h @ meta.WF[:hidden] + meta.WF[hidden] * c + meta.WF[hidden + 1] * f_prev + meta.bF
     i_pre = h @ meta.WI[:hidden] + meta.WI[hidden] * c + meta.WI[hidden + 1] * i_prev + meta.bI
@@ -35,7 +35,8 @@ def meta_step(meta, loss, grad, c, state):
 def query_logits(meta, learner, settings, episode, meta_training):
     support_x, support_y, query_x, _ = episode
     bn_stats = learner.new_bn_stats(support_x.device)
-    c, state = meta.cI, meta.initial_state()
+    n, hidden = meta.cI.shape[0], meta.lstm.hidden_size
+    c, state = meta.cI, (meta.cI.new_zeros(n, hidden), meta.cI.new_zeros(n, hidden), meta.cI.new_zeros(n), meta.cI.new_zeros(n))
     for _ in range(settings.epochs):
         for start in range(0, len(support_x), settings.batch_size):
             x, y = support_x[start:start + settings.batch_size], support_y[start:start + settings.batch_size]

@@ -1,11 +1,19 @@
 """The package's fast path against the straightforward reference (`tests/reference.py`): the
 same meta-gradients on the same episode and the same predictions on the same test episodes.
+The fast path's meta-learner has two implementations of its first layer, the PyTorch one and
+the compiled kernel (`reproml/models/fused_lstm.py`); both are checked.
 
-Both run on channels-last images. The memory format alone changes the convolutions' summation
-order, and the meta-gradient is sensitive to that: the learner's near-zero gradient
+Both paths run on channels-last images. The memory format alone changes the convolutions'
+summation order, and the meta-gradient is sensitive to that: the learner's near-zero gradient
 coordinates (the conv biases before BatchNorm, whose true gradient is 0) are preprocessed with a
-factor e^10, so their rounding noise moves a 5w1s meta-gradient by about 1e-2 (relative norm)
-between the two formats. With the format fixed, the paths agree to about 3e-5.
+factor e^10, so their rounding noise moves a 5w1s meta-gradient at 84x84 by about 1e-2 (relative
+norm) between the two formats. With the format fixed, the PyTorch layer 1 agrees with the
+reference to about 3e-5 there. The kernel rounds differently (its own exp, another summation
+order), which moves that meta-gradient by about 1e-3: as much as a one-ulp change of the
+learner's initial parameters moves the reference itself, which is what
+`test_the_fused_meta_gradient_at_84px_is_within_the_references_own_rounding_noise` checks. On
+smaller images the meta-gradient is well conditioned and both implementations agree with the
+reference to 2e-4.
 """
 
 import pytest
@@ -16,7 +24,19 @@ import reference
 from reproml.bench import random_split
 from reproml.data.episodes import EpisodeSampler
 from reproml.methods.meta_lstm import build, query_logits
+from reproml.models import fused_lstm
+from reproml.models.meta_learner import MetaLearnerLSTM
 from reproml.settings import TaskSettings
+
+
+@pytest.fixture(params=["pytorch", "fused"])
+def implementation(request, monkeypatch):
+    """Runs the test with each implementation of the meta-learner's first layer."""
+    if request.param == "pytorch":
+        monkeypatch.setattr(MetaLearnerLSTM, "fused", lambda self: False)
+    elif not fused_lstm.available("cpu"):
+        pytest.skip(f"no fused kernel here ({fused_lstm.unavailable_reason() or 'it did not build'})")
+    return request.param
 
 
 def sampler_for(settings, seed=0):
@@ -33,23 +53,57 @@ def relative_error(got, expected):
     return ((got - expected).norm() / expected.norm()).item()
 
 
-@pytest.mark.parametrize("n_way, k_shot, image_size", [(5, 1, 84), (3, 5, 32)])
-def test_fast_and_reference_paths_give_the_same_meta_gradient(n_way, k_shot, image_size):
+def meta_gradient(logits_of, meta, learner, settings, episode):
+    meta.zero_grad()
+    F.cross_entropy(logits_of(meta, learner, settings, episode, meta_training=True), episode[3]).backward()
+    return {name: p.grad.clone() for name, p in meta.named_parameters()}
+
+
+def worst_relative_error(got, expected):
+    for name in expected:
+        assert expected[name].abs().max() > 0, name  # the comparison means something
+    return max(relative_error(got[name], expected[name]) for name in expected)
+
+
+@pytest.mark.parametrize("n_way, k_shot, image_size", [(5, 1, 32), (5, 5, 32)])
+def test_fast_and_reference_paths_give_the_same_meta_gradient(n_way, k_shot, image_size, implementation):
     settings = TaskSettings(n_way, k_shot, image_size, n_query=4)
     episode = channels_last(sampler_for(settings).tensors(0, "cpu"))
     learner, meta = build(settings, 0, "cpu")
-    gradients = []
-    for logits_of in (query_logits, reference.query_logits):
-        meta.zero_grad()
-        F.cross_entropy(logits_of(meta, learner, settings, episode, meta_training=True), episode[3]).backward()
-        gradients.append({name: p.grad.clone() for name, p in meta.named_parameters()})
-    fast, slow = gradients
-    for name in fast:
-        assert slow[name].abs().max() > 0, name  # the comparison means something
-        assert relative_error(fast[name], slow[name]) < 2e-4, name
+    fast = meta_gradient(query_logits, meta, learner, settings, episode)
+    slow = meta_gradient(reference.query_logits, meta, learner, settings, episode)
+    assert worst_relative_error(fast, slow) < 2e-4
 
 
-def test_fast_and_reference_paths_give_the_same_test_predictions():
+def test_the_pytorch_meta_gradient_at_84px_equals_the_references(monkeypatch):
+    monkeypatch.setattr(MetaLearnerLSTM, "fused", lambda self: False)
+    settings = TaskSettings(5, 1, 84, n_query=4)
+    episode = channels_last(sampler_for(settings).tensors(0, "cpu"))
+    learner, meta = build(settings, 0, "cpu")
+    fast = meta_gradient(query_logits, meta, learner, settings, episode)
+    slow = meta_gradient(reference.query_logits, meta, learner, settings, episode)
+    assert worst_relative_error(fast, slow) < 2e-4
+
+
+def test_the_fused_meta_gradient_at_84px_is_within_the_references_own_rounding_noise():
+    if not fused_lstm.available("cpu"):
+        pytest.skip("no fused kernel here")
+    settings = TaskSettings(5, 1, 84, n_query=4)
+    episode = channels_last(sampler_for(settings).tensors(0, "cpu"))
+    learner, meta = build(settings, 0, "cpu")
+    slow = meta_gradient(reference.query_logits, meta, learner, settings, episode)
+    fused = worst_relative_error(meta_gradient(query_logits, meta, learner, settings, episode), slow)
+    start = meta.cI.detach().clone()
+    noise = []
+    for seed in range(3):
+        with torch.no_grad():  # one rounding step of float32, at random
+            meta.cI.copy_(start * (1 + 2 ** -24 * torch.randn(start.shape, generator=torch.Generator().manual_seed(seed))))
+        noise.append(worst_relative_error(meta_gradient(reference.query_logits, meta, learner, settings, episode), slow))
+    assert fused < 2 * max(noise), (fused, noise)
+    assert fused < 0.05  # and far from the O(1) error of a wrong equation
+
+
+def test_fast_and_reference_paths_give_the_same_test_predictions(implementation):
     settings = TaskSettings(5, 1, 32, n_query=6)
     sampler = sampler_for(settings, seed=1)
     learner, meta = build(settings, 0, "cpu")
@@ -63,3 +117,73 @@ def test_fast_and_reference_paths_give_the_same_test_predictions():
             slow = reference.query_logits(meta, learner, settings, episode, meta_training=False)
             torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
             assert torch.equal(fast.argmax(1), slow.argmax(1))
+
+
+def unrolled_meta_gradient(meta, grads):
+    """The meta-learner alone, unrolled over fixed learner gradients (no learner in the loop, so
+    no feedback of rounding through it), and the gradient of a loss on its final parameters."""
+    meta.zero_grad()
+    c, state = meta.cI, meta.initial_state()
+    for t, grad in enumerate(grads):
+        c, state, _ = meta.step(torch.tensor(2.0 - 0.1 * t), grad, c, state)
+    (c * torch.linspace(-1, 1, c.shape[0])).sum().backward()
+    return c.detach(), {name: p.grad.clone() for name, p in meta.named_parameters()}
+
+
+def test_the_fused_kernel_gives_pytorchs_meta_gradient_over_an_unrolled_episode(monkeypatch):
+    if not fused_lstm.available("cpu"):
+        pytest.skip("no fused kernel here")
+    n = 32901
+    generator = torch.Generator().manual_seed(0)
+    meta = MetaLearnerLSTM(n)
+    meta.reset_parameters(torch.randn(n, generator=generator), generator)
+    with torch.no_grad():  # larger than the initial 0.01, so that layer 1 matters in the result
+        for p in (*meta.lstm.parameters(), meta.WF, meta.WI):
+            p.mul_(30)
+    # gradients spanning both branches of the preprocessing (|g| above and below e^-10)
+    grads = [torch.randn(n, generator=generator) * 10.0 ** torch.empty(n).uniform_(-7, 0, generator=generator)
+             for _ in range(12)]
+    fused_c, fused = unrolled_meta_gradient(meta, grads)
+    monkeypatch.setattr(MetaLearnerLSTM, "fused", lambda self: False)
+    pytorch_c, pytorch = unrolled_meta_gradient(meta, grads)
+    torch.testing.assert_close(fused_c, pytorch_c, rtol=1e-5, atol=1e-6)
+    assert worst_relative_error(fused, pytorch) < 1e-4
+
+
+def test_the_fused_kernel_gives_the_same_numbers_on_any_number_of_threads():
+    if not fused_lstm.available("cpu"):
+        pytest.skip("no fused kernel here")
+    n = 5000
+    generator = torch.Generator().manual_seed(1)
+    weight, bias, proj = (torch.randn(shape, generator=generator).requires_grad_() for shape in ((80, 22), (80,), (20, 2)))
+    features = torch.randn(2, n, generator=generator)
+    h, cell = (torch.randn(fused_lstm.blocks(n), 20, 8, generator=generator).requires_grad_() for _ in range(2))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            outputs = fused_lstm.layer1(weight, bias, proj, features, h, cell)
+            grads = torch.autograd.grad(sum(o.square().sum() for o in outputs), [weight, bias, proj, h, cell])
+            results.append([o.detach() for o in outputs] + list(grads))
+    finally:
+        torch.set_num_threads(threads)
+    for one, several in zip(*results):
+        assert torch.equal(one, several)
+
+
+def test_the_fused_kernel_saturates_like_pytorch():
+    """Pre-activations far outside exp's float32 range: gates at exactly 0 or 1, no NaN."""
+    if not fused_lstm.available("cpu"):
+        pytest.skip("no fused kernel here")
+    n = 20
+    weight = torch.zeros(80, 22)
+    bias = torch.tensor([-300.0, 300.0, -1e4, 1e4] * 20)
+    proj = torch.ones(20, 2)
+    features = torch.zeros(2, n)
+    h, cell = fused_lstm.initial_state(n, "cpu")
+    fused = fused_lstm.layer1(weight, bias, proj, features, h, cell)
+    pytorch = MetaLearnerLSTM.layer1(weight, bias, proj, features, torch.zeros(n, 20), torch.zeros(n, 20))
+    assert all(torch.isfinite(x).all() for x in fused)
+    torch.testing.assert_close(fused[2], pytorch[2])
+    torch.testing.assert_close(fused[1].transpose(1, 2).reshape(-1, 20)[:n], pytorch[1])

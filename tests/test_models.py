@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from reproml.methods.meta_lstm import adapt, build, query_logits
+from reproml.models import fused_lstm
 from reproml.models.learner import Learner, LearnerSpec
 from reproml.models.meta_learner import MetaLearnerLSTM, preprocess
 from reproml.settings import TaskSettings, resolve_device
@@ -36,7 +37,7 @@ def test_preprocessing_on_hand_computed_inputs():
     x = torch.tensor([1.0, -0.01, 1e-5, 0.0, math.exp(-10), 2.5], dtype=torch.float64)
     expected = torch.tensor([[0.0, 1.0], [-0.4605170185988091, -1.0], [-1.0, 0.2202646579480672],
                              [-1.0, 0.0], [-1.0, 1.0], [0.0916290731874155, 1.0]], dtype=torch.float64)
-    torch.testing.assert_close(preprocess(x), expected)
+    torch.testing.assert_close(preprocess(x), expected.t())
 
 
 def hand_set_meta_learner():
@@ -180,16 +181,63 @@ def test_cuda_gives_the_cpu_meta_gradient_and_predictions():
         torch.testing.assert_close(cpu, cuda, rtol=1e-3, atol=1e-4)
 
 
-def test_layer1_follows_torch_lstm_cell():
-    meta = MetaLearnerLSTM(7)
+def to_blocked(rows):
+    """(n, 20) -> the fused kernel's (blocks, 20, 8), zero padding rows."""
+    n = rows.shape[0]
+    padded = torch.zeros(fused_lstm.blocks(n) * 8, rows.shape[1], dtype=rows.dtype)
+    padded[:n] = rows
+    return padded.view(-1, 8, rows.shape[1]).transpose(1, 2).contiguous()
+
+
+def from_blocked(blocked, n):
+    return blocked.transpose(1, 2).reshape(-1, blocked.shape[1])[:n]
+
+
+def needs_fused_kernel(implementation):
+    if implementation == "fused" and not fused_lstm.available("cpu"):
+        pytest.skip(f"no fused kernel here ({fused_lstm.unavailable_reason() or 'it did not build'})")
+
+
+@pytest.mark.parametrize("implementation", ["pytorch", "fused"])
+def test_layer1_follows_torch_lstm_cell_values_and_gradients(implementation):
+    needs_fused_kernel(implementation)
+    n = 37  # several blocks of 8 rows, the last one partial
+    meta = MetaLearnerLSTM(n)
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for p in meta.lstm.parameters():
-            p.uniform_(-0.5, 0.5)
-    loss_features, grad_features, h, c = torch.randn(2), torch.randn(7, 2), torch.randn(7, 20), torch.randn(7, 20)
-    expected_h, expected_c = meta.lstm(torch.cat([loss_features.expand(7, 2), grad_features], dim=1), (h, c))
-    got_h, got_c = meta.layer1(loss_features, grad_features, h, c)
-    torch.testing.assert_close(got_h, expected_h)
-    torch.testing.assert_close(got_c, expected_c)
+        for p in (*meta.lstm.parameters(), meta.WF, meta.WI):
+            p.copy_(torch.rand(p.shape, generator=generator) - 0.5)
+    loss = torch.tensor(1.7)
+    grad_features = torch.randn(2, n, generator=generator)
+    h, c = torch.randn(n, 20, generator=generator), torch.randn(n, 20, generator=generator)
+    outside = [torch.randn(n, 20, generator=generator), torch.randn(n, 20, generator=generator),
+               torch.randn(2, n, generator=generator)]  # weights of a loss on the three outputs
+
+    def expected():
+        h_in, c_in = h.clone().requires_grad_(), c.clone().requires_grad_()
+        inputs = torch.cat([preprocess(loss).expand(n, 2), grad_features.t()], dim=1)
+        new_h, new_c = meta.lstm(inputs, (h_in, c_in))
+        projected = torch.stack([new_h @ meta.WF[:20], new_h @ meta.WI[:20]])
+        return (new_h, new_c, projected), (h_in, c_in), lambda g: g
+
+    def got():
+        layer1 = fused_lstm.layer1 if implementation == "fused" else MetaLearnerLSTM.layer1
+        convert = (lambda x: to_blocked(x)) if implementation == "fused" else (lambda x: x)
+        back = (lambda x: from_blocked(x, n)) if implementation == "fused" else (lambda x: x)
+        h_in, c_in = convert(h).requires_grad_(), convert(c).requires_grad_()
+        new_h, new_c, projected = layer1(*meta.layer1_weights(loss), grad_features, h_in, c_in)
+        return (back(new_h), back(new_c), projected), (h_in, c_in), back
+
+    results = []
+    for run in (expected, got):
+        meta.zero_grad()
+        outputs, state_in, back = run()
+        sum((o * w).sum() for o, w in zip(outputs, outside)).backward()
+        results.append([o.detach() for o in outputs] + [back(s.grad) for s in state_in]
+                       + [p.grad.clone() for p in (*meta.lstm.parameters(), meta.WF, meta.WI)])
+    for name, want, have in zip(["h", "cell", "projected", "dh", "dcell", "d weight_ih", "d weight_hh",
+                                 "d bias_ih", "d bias_hh", "d WF", "d WI"], *results):
+        torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_gate_values_are_averaged_per_layer_then_over_episodes(tmp_path):

@@ -78,7 +78,8 @@ def meta_lstm_method(checkpoint, device, manifest, data, n_way, k_shot, n_query)
     meta.eval()
     recorder = GateRecorder(learner, device)
     info = {"checkpoint": str(checkpoint), "checkpoint_iteration": ckpt.get("iteration"), "train_seed": ckpt.get("seed"),
-            "train_dataset": ckpt.get("dataset"), "image_pool": ckpt.get("image_pool", "all")}
+            "train_dataset": ckpt.get("dataset"), "image_pool": ckpt.get("image_pool", "all"),
+            "meta_learner_layer1": meta.layer1_implementation()}
     return meta_lstm_classifier(meta, learner, settings, recorder), settings, info, ckpt.get("setting"), recorder
 
 

@@ -11,6 +11,9 @@ Layer 2 is the update rule:
 
 with f_{t-1}, i_{t-1} the previous step's pre-sigmoid values (zero at t = 0) and
 c_0 = cI, the learned initialisation of the learner.
+
+On CPUs that allow it, layer 1 and the h-terms of layer 2 run as one compiled kernel
+(`fused_lstm.py`); `layer1` below is the same computation in PyTorch, used elsewhere (CUDA).
 """
 
 import math
@@ -18,13 +21,16 @@ import math
 import torch
 import torch.nn as nn
 
+from reproml.models import fused_lstm
+
 
 def preprocess(x, p=10.0):
-    """Andrychowicz et al. (2016): (log|x| / p, sign x) if |x| >= e^-p, else (-1, e^p x)."""
+    """Andrychowicz et al. (2016): (log|x| / p, sign x) if |x| >= e^-p, else (-1, e^p x),
+    stacked on a new first dimension."""
     big = x.abs() >= math.exp(-p)
     log_part = torch.where(big, x.abs().clamp_min(math.exp(-p)).log() / p, -torch.ones_like(x))
     sign_part = torch.where(big, torch.sign(x), math.exp(p) * x)
-    return torch.stack([log_part, sign_part], dim=-1)
+    return torch.stack([log_part, sign_part])
 
 
 class MetaLearnerLSTM(nn.Module):
@@ -52,34 +58,51 @@ class MetaLearnerLSTM(nn.Module):
         return {"layer1": sum(p.numel() for p in self.lstm.parameters()),
                 "layer2": sum(p.numel() for p in (self.WF, self.WI, self.bF, self.bI, self.cI))}
 
+    def fused(self):
+        """Whether layer 1 runs as the compiled kernel (float32 on a CPU that allows it)."""
+        return (self.lstm.hidden_size == fused_lstm.HIDDEN and self.cI.dtype == torch.float32
+                and fused_lstm.available(self.cI.device))
+
+    def layer1_implementation(self):
+        """For the run's records: the two implementations agree to float rounding, not bit for bit."""
+        return "fused kernel (lstm_cell.c)" if self.fused() else "pytorch"
+
     def initial_state(self):
         """(h, cell) of layer 1 and the pre-sigmoid (f, i) of layer 2, all zero at t = 0."""
         n, hidden = self.cI.shape[0], self.lstm.hidden_size
         zeros = self.cI.new_zeros
-        return zeros(n, hidden), zeros(n, hidden), zeros(n), zeros(n)
+        h, cell = fused_lstm.initial_state(n, self.cI.device) if self.fused() else (zeros(n, hidden), zeros(n, hidden))
+        return h, cell, zeros(n), zeros(n)
 
-    def layer1(self, loss_features, grad_features, h, cell):
-        """nn.LSTMCell's equations (gate order i, f, g, o) on the inputs (loss features, gradient
-        features), arranged for a batch of every learner parameter: the loss is the same for all
-        rows, so its term joins the bias instead of being copied n times, and each gate gets its
-        own matrix product so that the elementwise work runs on contiguous memory."""
-        lstm = self.lstm
-        bias = lstm.bias_ih + lstm.bias_hh + lstm.weight_ih[:, :2] @ loss_features
+    def layer1_weights(self, loss):
+        """Layer 1's gate weights over [gradient features, h] (80 x 22) and bias, and the
+        projection of h for layer 2 (20 x 2). The loss is the same for every row, so its
+        term joins the bias instead of being copied to every row."""
+        lstm, hidden = self.lstm, self.lstm.hidden_size
+        bias = lstm.bias_ih + lstm.bias_hh + lstm.weight_ih[:, :2] @ preprocess(loss, self.preprocess_p)
         weight = torch.cat([lstm.weight_ih[:, 2:], lstm.weight_hh], dim=1)
-        inputs = torch.cat([grad_features, h], dim=1)
+        return weight, bias, torch.stack([self.WF[:hidden], self.WI[:hidden]], dim=1)
+
+    @staticmethod
+    def layer1(weight, bias, proj, grad_features, h, cell):
+        """nn.LSTMCell's equations (gate order i, f, g, o) for a batch of every learner parameter,
+        and the projection of the new h for layer 2. Each gate gets its own matrix product so
+        that the elementwise work runs on contiguous memory."""
+        inputs = torch.cat([grad_features.t(), h], dim=1)
         i, f, g, o = (torch.addmm(b, inputs, w.t()) for b, w in zip(bias.chunk(4), weight.chunk(4)))
         cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(cell), cell
+        h = torch.sigmoid(o) * torch.tanh(cell)
+        return h, cell, (h @ proj).t()
 
     def step(self, loss, grad, c, state):
         """One update of the learner's parameters `c` from the loss and gradient at `c`.
 
         Returns the new parameters, the new state, and the gate values (after the sigmoid)."""
         h, cell, f_prev, i_prev = state
-        h, cell = self.layer1(preprocess(loss, self.preprocess_p), preprocess(grad, self.preprocess_p), h, cell)
         hidden = self.lstm.hidden_size
-        from_h = h @ torch.stack([self.WF[:hidden], self.WI[:hidden]], dim=1)
-        f_pre = from_h[:, 0] + self.WF[hidden] * c + self.WF[hidden + 1] * f_prev + self.bF
-        i_pre = from_h[:, 1] + self.WI[hidden] * c + self.WI[hidden + 1] * i_prev + self.bI
+        layer1 = fused_lstm.layer1 if self.fused() else self.layer1
+        h, cell, (to_f, to_i) = layer1(*self.layer1_weights(loss), preprocess(grad, self.preprocess_p), h, cell)
+        f_pre = to_f + self.WF[hidden] * c + self.WF[hidden + 1] * f_prev + self.bF
+        i_pre = to_i + self.WI[hidden] * c + self.WI[hidden + 1] * i_prev + self.bI
         f, i = torch.sigmoid(f_pre), torch.sigmoid(i_pre)
         return f * c - i * grad, (h, cell, f_pre, i_pre), (f, i)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reproml.errors import UserError
-from reproml.report.aggregate import aggregate
+from reproml.report.aggregate import aggregate, mean_ci
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "report" / "published-results.yaml"
 
@@ -110,3 +110,11 @@ def test_the_five_shot_claim_from_paired_differences(diffs, status):
     assert f"{diffs[0][0]:+.2f} ± {diffs[0][1]:.2f} points (better)" in five_shot["evidence"]
     assert assess_claims(rows, PAPER, demo=True)[1]["status"] == "not judged (demo data)"
     assert assess_claims(rows[:2], PAPER, demo=False)[1]["status"] == "not tested"  # fine-tuning not run
+
+
+def test_mean_and_interval_are_printed_one_way_everywhere():
+    assert mean_ci(45.0, 1.0) == "45.00 ± 1.00"
+    assert mean_ci(3.2, 0.5, signed=True) == "+3.20 ± 0.50"
+    assert mean_ci(-1.0, 0.2, signed=True) == "-1.00 ± 0.20"
+    assert mean_ci(None, None) == mean_ci(float("nan"), 1.0) == "–"
+    assert mean_ci(50.0, float("nan")) == "50.00 ± –"  # one episode has no interval

@@ -173,7 +173,7 @@ def test_the_fused_kernel_gives_the_same_numbers_on_any_number_of_threads():
 
 
 def test_the_fused_kernel_saturates_like_pytorch():
-    """Pre-activations far outside exp's float32 range: gates at exactly 0 or 1, no NaN."""
+    """Pre-activations far outside exp's float32 range: the gates saturate as PyTorch's do, no NaN."""
     if not fused_lstm.available("cpu"):
         pytest.skip("no fused kernel here")
     n = 20

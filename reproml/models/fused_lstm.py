@@ -98,9 +98,9 @@ def initial_state(n, device):
     return tuple(torch.zeros(blocks(n), HIDDEN, LANES, device=device) for _ in range(2))
 
 
-def call(kernel, *tensors):
+def call(kernel, n, *tensors):
     """The kernel sees raw pointers: `tensors` must be contiguous float32 and stay alive meanwhile."""
-    kernel(tensors[0].shape[-1], *(t.data_ptr() for t in tensors[1:]))
+    kernel(n, *(t.data_ptr() for t in tensors))
 
 
 class Layer1(torch.autograd.Function):
@@ -110,7 +110,7 @@ class Layer1(torch.autograd.Function):
         n = features.shape[1]
         gates = h.new_empty(blocks(n), GATES, LANES)
         h_out, cell_out, projected = torch.empty_like(h), torch.empty_like(cell), features.new_empty(2, n)
-        call(library().lstm_forward, features, weight, bias, proj, features, h, cell, gates, h_out, cell_out, projected)
+        call(library().lstm_forward, n, weight, bias, proj, features, h, cell, gates, h_out, cell_out, projected)
         ctx.save_for_backward(weight, proj, features, h, cell, gates, cell_out)
         return h_out, cell_out, projected
 
@@ -123,7 +123,7 @@ class Layer1(torch.autograd.Function):
         dh, dcell = torch.empty_like(h), torch.empty_like(cell)
         param_grad = weight.new_empty(PARAM_GRADS)
         stripe_sums = weight.new_empty(-(-blocks(n) // STRIPE), PARAM_GRADS)
-        call(library().lstm_backward, features, weight, proj, features, h, cell, gates, cell_out,
+        call(library().lstm_backward, n, weight, proj, features, h, cell, gates, cell_out,
              dh_out, dcell_out, dprojected, dh, dcell, param_grad, stripe_sums)
         dweight, dbias, dproj = param_grad.split([GATES * INPUTS, GATES, HIDDEN * 2])
         return dweight.view(GATES, INPUTS), dbias, dproj.view(HIDDEN, 2), None, dh, dcell

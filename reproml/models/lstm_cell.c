@@ -44,8 +44,9 @@ static inline __m256i row_mask(long n, long block) {
                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* exp by range reduction to [-ln2/2, ln2/2] and a degree-6 polynomial (Cephes' expf, as in the
- * SIMD math libraries); relative error about 1e-7. */
+/* exp by range reduction to [-ln2/2, ln2/2] and Cephes' degree-6 polynomial for expf (the
+ * method of the SIMD math libraries); relative error about 1e-7. Inputs are clamped to the
+ * float32 range, so sigmoid and tanh saturate instead of overflowing. */
 static inline vec vexp(vec x) {
     x = _mm256_min_ps(_mm256_max_ps(x, splat(-87.3f)), splat(88.3f));
     vec k = _mm256_round_ps(_mm256_mul_ps(x, splat(1.44269504088896341f)),

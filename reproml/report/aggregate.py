@@ -20,6 +20,20 @@ COLUMNS = ["dataset", "eval_dataset", "setting", "n_way", "k_shot", "image_pool"
            "paper_mean", "paper_ci95", "comp6248_mean", "verdict"]
 
 
+
+def fmt(value, digits=2):
+    """Numbers for tables: fixed digits, an en dash where there is none."""
+    if value is None or pd.isna(value):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def mean_ci(mean, ci95, signed=False):
+    """'mean ± 95% CI' as every table and sentence of the report prints it (signed for differences)."""
+    if mean is None or pd.isna(mean):
+        return "–"
+    return (f"{mean:+.2f}" if signed else f"{mean:.2f}") + f" ± {fmt(ci95)}"
+
 def published_lookup(path):
     published = yaml.safe_load(Path(path).read_text())
     def table(source):

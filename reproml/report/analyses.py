@@ -5,9 +5,7 @@ dataset?"""
 import json
 from pathlib import Path
 
-import pandas as pd
-
-from reproml.report.aggregate import in_domain, read_episodes
+from reproml.report.aggregate import in_domain, mean_ci, read_episodes
 from reproml.report.claims import METHOD_NAMES, paired_outcome
 from reproml.statistics import paired_difference, summarize
 
@@ -58,14 +56,14 @@ def image_pool_ablation(settings, eval_files):
         ablation.append({"free": free, "pooled": pooled, "pool": settings[pooled]["image_pool"],
                          "n_way": settings[free]["n_way"], "k_shot": settings[free]["k_shot"],
                          "free_acc": summary_text(theirs), "pooled_acc": summary_text(ours),
-                         "difference": f"{diff['diff_mean']:+.2f} ± {diff['diff_ci95']:.2f}",
+                         "difference": mean_ci(diff["diff_mean"], diff["diff_ci95"], signed=True),
                          "pairs": diff["pairs"], "outcome": outcome, "verdict": POOL_VERDICTS[outcome]})
     return ablation
 
 
 def summary_text(accuracies):
     s = summarize(accuracies)
-    return f"{s['acc_mean']:.2f} ± {s['ci95']:.2f}"
+    return mean_ci(s["acc_mean"], s["ci95"])
 
 
 def transfer_table(summary):
@@ -80,11 +78,10 @@ def transfer_table(summary):
         rows.append({
             "trained_on": row["dataset"], "evaluated_on": row["eval_dataset"], "setting": row["setting"],
             "method": METHOD_NAMES.get(row["method"], row["method"]),
-            "home": f"{home['acc_mean']:.2f} ± {home['ci95']:.2f}" if home is not None else "–",
-            "transfer": "–" if skipped else f"{row['acc_mean']:.2f} ± {row['ci95']:.2f}",
+            "home": mean_ci(home["acc_mean"], home["ci95"]) if home is not None else "–",
+            "transfer": "–" if skipped else mean_ci(row["acc_mean"], row["ci95"]),
             "change": "–" if skipped or home is None else f"{row['acc_mean'] - home['acc_mean']:+.2f}",
-            "paired": "–" if skipped or pd.isna(row["meta_lstm_minus_this"]) else
-            f"{row['meta_lstm_minus_this']:+.2f} ± {row['meta_lstm_minus_this_ci95']:.2f}",
+            "paired": "–" if skipped else mean_ci(row["meta_lstm_minus_this"], row["meta_lstm_minus_this_ci95"], signed=True),
             "note": row["verdict"].removeprefix("skipped: ") if skipped else "",
         })
     return rows

@@ -11,6 +11,7 @@ import math
 
 import pandas as pd
 
+from reproml.report.aggregate import mean_ci
 from reproml.statistics import compare_to_published
 
 BASELINES = ("baseline_nearest_neighbor", "baseline_finetune")
@@ -30,7 +31,7 @@ def paired_outcome(diff, ci95):
 
 def published(paper, method, setting):
     ref = paper.get((method, setting))
-    return f"{ref['mean']:.2f} ± {ref['ci95']:.2f}" if ref else "not published"
+    return mean_ci(ref["mean"], ref["ci95"]) if ref else "not published"
 
 
 def find_row(rows, k_shot, method):
@@ -49,7 +50,7 @@ def against_baselines(rows, k_shot):
             comparisons.append((method, None, "not run"))
             continue
         diff, ci95 = row["meta_lstm_minus_this"], row["meta_lstm_minus_this_ci95"]
-        comparisons.append((method, f"{diff:+.2f} ± {ci95:.2f}", paired_outcome(diff, ci95)))
+        comparisons.append((method, mean_ci(diff, ci95, signed=True), paired_outcome(diff, ci95)))
     return comparisons
 
 
@@ -67,7 +68,7 @@ def one_shot_claim(rows, paper):
         return {"claim": claim, "status": "not tested", "evidence": "This run has no 5-way 1-shot meta-learner."}
     verdict = compare_to_published(ours["acc_mean"], ours["ci95"], matching["mean"], matching["ci95"])
     status = "not supported" if verdict == "lower" else "supported"
-    evidence = (f"Our meta-learner: {ours['acc_mean']:.2f} ± {ours['ci95']:.2f} over {ours['episodes']} test episodes "
+    evidence = (f"Our meta-learner: {mean_ci(ours['acc_mean'], ours['ci95'])} over {ours['episodes']} test episodes "
                 f"({ours['seeds']} seed{'s' if ours['seeds'] > 1 else ''}); against the published Matching Networks "
                 f"figure it is {verdict} at 95%. Against our baselines on the same episodes (meta-learner minus "
                 f"baseline): {describe_baselines(against_baselines(rows, 1))}.")
@@ -92,7 +93,7 @@ def five_shot_claim(rows, paper):
         status = "supported"
     else:
         status = "inconclusive"
-    evidence = (f"Our meta-learner: {ours['acc_mean']:.2f} ± {ours['ci95']:.2f} over {ours['episodes']} test "
+    evidence = (f"Our meta-learner: {mean_ci(ours['acc_mean'], ours['ci95'])} over {ours['episodes']} test "
                 f"episodes. Meta-learner minus baseline on the same episodes: {describe_baselines(comparisons)}.")
     return {"claim": claim, "status": status, "evidence": evidence}
 

@@ -17,7 +17,7 @@ from markupsafe import Markup
 
 from reproml.atomic import atomic_path, write_text
 from reproml.data.prepared import read_manifest
-from reproml.report.aggregate import in_domain, published_lookup
+from reproml.report.aggregate import fmt, in_domain, mean_ci, published_lookup
 from reproml.report.analyses import image_pool_ablation, transfer_table
 from reproml.report.claims import METHOD_NAMES, assess_claims
 from reproml.settings import DEVIATIONS, TaskSettings
@@ -32,13 +32,6 @@ def latex_escape(value):
     if isinstance(value, Markup):
         return str(value)
     return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(value))
-
-
-def fmt(value, digits=2):
-    """Numbers for tables: fixed digits, an en dash where there is none."""
-    if value is None or pd.isna(value):
-        return "–"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def package_versions():
@@ -79,12 +72,10 @@ def main_table(summary):
     for row in summary.to_dict("records"):
         rows.append({"dataset": row["dataset"], "setting": row["setting"],
                      "method": METHOD_NAMES.get(row["method"], row["method"]),
-                     "ours": f"{fmt(row['acc_mean'])} ± {fmt(row['ci95'])}", "seeds": row["seeds"],
-                     "paired": f"{fmt(row['meta_lstm_minus_this'])} ± {fmt(row['meta_lstm_minus_this_ci95'])}"
-                     if pd.notna(row["meta_lstm_minus_this"]) else "–",
+                     "ours": mean_ci(row["acc_mean"], row["ci95"]), "seeds": row["seeds"],
+                     "paired": mean_ci(row["meta_lstm_minus_this"], row["meta_lstm_minus_this_ci95"], signed=True),
                      "episodes": row["episodes"], "seed_sd": fmt(row["seed_mean_std"]),
-                     "paper": f"{fmt(row['paper_mean'])} ± {fmt(row['paper_ci95'])}"
-                     if pd.notna(row["paper_mean"]) else "–",
+                     "paper": mean_ci(row["paper_mean"], row["paper_ci95"]),
                      "comp6248": fmt(row["comp6248_mean"]), "verdict": row["verdict"]})
     return rows
 
@@ -116,7 +107,7 @@ def run_details(run_files, evals):
                                             "seeds": []})
         details[run["setting"]]["seeds"].append({
             "seed": run["seed"], "best_iteration": run["best_iteration"], "best_val_acc": fmt(run["best_val_acc"]),
-            "test": f"{fmt(e.get('acc_mean'))} ± {fmt(e.get('ci95'))}", "device": run["device"],
+            "test": mean_ci(e.get("acc_mean"), e.get("ci95")), "device": run["device"],
             "train_s": fmt(run["train_s_per_episode"], 3), "eval_s": fmt(e.get("s_per_episode"), 3)})
     return details
 
@@ -132,7 +123,7 @@ def baseline_details(pretrain_files, evals):
                             "device": run["device"], "s_per_step": fmt(run["train_s_per_step"], 3)})
     finetune = [{"setting": e["setting"], "seed": e["train_seed"], "lr": f"{e['finetune_lr']:g}",
                  "decay": f"{e['finetune_decay']:g}", "val_acc": fmt(e["finetune_val_acc"]),
-                 "grid_points": e["finetune_grid_points"], "test": f"{fmt(e['acc_mean'])} ± {fmt(e['ci95'])}"}
+                 "grid_points": e["finetune_grid_points"], "test": mean_ci(e["acc_mean"], e["ci95"])}
                 for e in evals if e["method"] == "baseline_finetune"]
     return pretraining, finetune
 

@@ -17,6 +17,7 @@ from reproml.data.prepared import Split
 from reproml.errors import UserError
 from reproml.evaluation.evaluate import meta_lstm_classifier
 from reproml.methods.meta_lstm import build
+from reproml.models import kernels
 from reproml.settings import TaskSettings, resolve_device
 from reproml.training.meta_train import meta_step
 
@@ -113,7 +114,7 @@ def bench(setting_names, image_size=84, episodes=5, device="auto"):
         train_gflop, eval_gflop = episode_flops(settings, True) / 1e9, episode_flops(settings, False) / 1e9
         results[name] = {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-            "meta_learner_layer1": meta.layer1_implementation(),
+            "compiled_kernels": kernels.describe(device),
             "image_size": image_size, "inner_steps": settings.inner_steps, "episodes_timed": episodes,
             "train_s_per_episode": train_s, "eval_s_per_episode": eval_s, "eval_episodes_per_s": 1 / eval_s,
             "learner_gflop_per_train_episode": train_gflop, "learner_gflop_per_eval_episode": eval_gflop,
@@ -136,5 +137,5 @@ def format_table(results):
     first = next(iter(results.values()))
     lines.append(f"device {first['device']}; float32 matrix multiply {first['matmul_gflops']:.0f} GFLOP/s; "
                  f"medians of {first['episodes_timed']} episodes at {first['image_size']}x{first['image_size']}; "
-                 f"meta-learner layer 1: {first['meta_learner_layer1']}")
+                 f"compiled kernels: {first['compiled_kernels']}")
     return "\n".join(lines)

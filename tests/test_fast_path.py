@@ -1,17 +1,18 @@
 """The package's fast path against the straightforward reference (`tests/reference.py`): the
 same meta-gradients on the same episode and the same predictions on the same test episodes.
-The fast path's meta-learner has two implementations of its first layer, the PyTorch one and
-the compiled kernel (`reproml/models/fused_lstm.py`); both are checked.
+The fast path runs with PyTorch's operations only and with the compiled CPU kernels
+(`reproml/models/kernels.py`: the meta-learner's first layer, the first convolution's weight
+gradient); both are checked.
 
 Both paths run on channels-last images. The memory format alone changes the convolutions'
 summation order, and the meta-gradient is sensitive to that: the learner's near-zero gradient
 coordinates (the conv biases before BatchNorm, whose true gradient is 0) are preprocessed with a
 factor e^10, so their rounding noise moves a 5w1s meta-gradient at 84x84 by about 1e-2 (relative
 norm) between the two formats. With the format fixed, the PyTorch layer 1 agrees with the
-reference to about 3e-5 there. The kernel rounds differently (its own exp, another summation
-order), which moves that meta-gradient by about 1e-3: as much as a one-ulp change of the
+reference to about 3e-5 there. The kernels round differently (their own exp, other summation
+orders), which moves that meta-gradient by about 1e-3: as much as a one-ulp change of the
 learner's initial parameters moves the reference itself, which is what
-`test_the_fused_meta_gradient_at_84px_is_within_the_references_own_rounding_noise` checks. On
+`test_the_kernels_meta_gradient_at_84px_is_within_the_references_own_rounding_noise` checks. On
 smaller images the meta-gradient is well conditioned and both implementations agree with the
 reference to 2e-4.
 """
@@ -24,18 +25,28 @@ import reference
 from reproml.bench import random_split
 from reproml.data.episodes import EpisodeSampler
 from reproml.methods.meta_lstm import build, query_logits
-from reproml.models import fused_lstm
+from reproml.models import fused_conv, fused_lstm, kernels
 from reproml.models.meta_learner import MetaLearnerLSTM
 from reproml.settings import TaskSettings
 
 
-@pytest.fixture(params=["pytorch", "fused"])
+def needs_kernels():
+    if not all(kernels.load(name) for name in kernels.KERNELS):
+        pytest.skip(f"no compiled kernels here ({kernels.unavailable_reason() or 'they did not build'})")
+
+
+def pytorch_only(monkeypatch):
+    monkeypatch.setattr(MetaLearnerLSTM, "fused", lambda self: False)
+    monkeypatch.setattr(fused_conv, "library", lambda: None)
+
+
+@pytest.fixture(params=["pytorch", "kernels"])
 def implementation(request, monkeypatch):
-    """Runs the test with each implementation of the meta-learner's first layer."""
+    """Runs the test with PyTorch's operations only, and with the compiled kernels."""
     if request.param == "pytorch":
-        monkeypatch.setattr(MetaLearnerLSTM, "fused", lambda self: False)
-    elif not fused_lstm.available("cpu"):
-        pytest.skip(f"no fused kernel here ({fused_lstm.unavailable_reason() or 'it did not build'})")
+        pytorch_only(monkeypatch)
+    else:
+        needs_kernels()
     return request.param
 
 
@@ -76,7 +87,7 @@ def test_fast_and_reference_paths_give_the_same_meta_gradient(n_way, k_shot, ima
 
 
 def test_the_pytorch_meta_gradient_at_84px_equals_the_references(monkeypatch):
-    monkeypatch.setattr(MetaLearnerLSTM, "fused", lambda self: False)
+    pytorch_only(monkeypatch)
     settings = TaskSettings(5, 1, 84, n_query=4)
     episode = channels_last(sampler_for(settings).tensors(0, "cpu"))
     learner, meta = build(settings, 0, "cpu")
@@ -85,9 +96,8 @@ def test_the_pytorch_meta_gradient_at_84px_equals_the_references(monkeypatch):
     assert worst_relative_error(fast, slow) < 2e-4
 
 
-def test_the_fused_meta_gradient_at_84px_is_within_the_references_own_rounding_noise():
-    if not fused_lstm.available("cpu"):
-        pytest.skip("no fused kernel here")
+def test_the_kernels_meta_gradient_at_84px_is_within_the_references_own_rounding_noise():
+    needs_kernels()
     settings = TaskSettings(5, 1, 84, n_query=4)
     episode = channels_last(sampler_for(settings).tensors(0, "cpu"))
     learner, meta = build(settings, 0, "cpu")
@@ -131,8 +141,7 @@ def unrolled_meta_gradient(meta, grads):
 
 
 def test_the_fused_kernel_gives_pytorchs_meta_gradient_over_an_unrolled_episode(monkeypatch):
-    if not fused_lstm.available("cpu"):
-        pytest.skip("no fused kernel here")
+    needs_kernels()
     n = 32901
     generator = torch.Generator().manual_seed(0)
     meta = MetaLearnerLSTM(n)
@@ -144,15 +153,14 @@ def test_the_fused_kernel_gives_pytorchs_meta_gradient_over_an_unrolled_episode(
     grads = [torch.randn(n, generator=generator) * 10.0 ** torch.empty(n).uniform_(-7, 0, generator=generator)
              for _ in range(12)]
     fused_c, fused = unrolled_meta_gradient(meta, grads)
-    monkeypatch.setattr(MetaLearnerLSTM, "fused", lambda self: False)
+    pytorch_only(monkeypatch)
     pytorch_c, pytorch = unrolled_meta_gradient(meta, grads)
     torch.testing.assert_close(fused_c, pytorch_c, rtol=1e-5, atol=1e-6)
     assert worst_relative_error(fused, pytorch) < 1e-4
 
 
 def test_the_fused_kernel_gives_the_same_numbers_on_any_number_of_threads():
-    if not fused_lstm.available("cpu"):
-        pytest.skip("no fused kernel here")
+    needs_kernels()
     n = 5000
     generator = torch.Generator().manual_seed(1)
     weight, bias, proj = (torch.randn(shape, generator=generator).requires_grad_() for shape in ((80, 22), (80,), (20, 2)))
@@ -174,8 +182,7 @@ def test_the_fused_kernel_gives_the_same_numbers_on_any_number_of_threads():
 
 def test_the_fused_kernel_saturates_like_pytorch():
     """Pre-activations far outside exp's float32 range: the gates saturate as PyTorch's do, no NaN."""
-    if not fused_lstm.available("cpu"):
-        pytest.skip("no fused kernel here")
+    needs_kernels()
     n = 20
     weight = torch.zeros(80, 22)
     bias = torch.tensor([-300.0, 300.0, -1e4, 1e4] * 20)
@@ -187,3 +194,39 @@ def test_the_fused_kernel_saturates_like_pytorch():
     assert all(torch.isfinite(x).all() for x in fused)
     torch.testing.assert_close(fused[2], pytorch[2])
     torch.testing.assert_close(fused[1].transpose(1, 2).reshape(-1, 20)[:n], pytorch[1])
+
+
+@pytest.mark.parametrize("batch, side, filters", [(3, 84, 32), (2, 30, 16), (1, 7, 8)])
+def test_the_conv1_kernel_gives_the_weight_and_bias_gradients(batch, side, filters):
+    """Against float64: the kernel sums in another order than oneDNN (and measures closer to
+    float64 than oneDNN here: about 1e-6 against 5e-6 relative at 84x84)."""
+    needs_kernels()
+    generator = torch.Generator().manual_seed(batch)
+    x = torch.rand(batch, 3, side, side, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(filters, 3, 3, 3, generator=generator, dtype=torch.float64)
+    bias = torch.randn(filters, generator=generator, dtype=torch.float64)
+    outside = torch.randn(batch, filters, side, side, generator=generator, dtype=torch.float64)
+    results = []
+    for conv, dtype in ((fused_conv.conv1, torch.float32), (lambda *a: F.conv2d(*a, padding=1), torch.float64)):
+        w, b = weight.to(dtype).requires_grad_(), bias.to(dtype).requires_grad_()
+        out = conv(x.to(dtype), w, b)
+        results.append([out.detach().double(), *(g.double() for g in torch.autograd.grad((out * outside.to(dtype)).sum(), [w, b]))])
+    for name, got, want in zip(["output", "d weight", "d bias"], *results):
+        assert relative_error(got, want) < 1e-5, name
+
+
+def test_the_conv1_kernel_gives_the_same_numbers_on_any_number_of_threads():
+    needs_kernels()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 3, 84, 84, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(32, 3, 3, 3).requires_grad_(), torch.randn(32).requires_grad_()
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            results.append(torch.autograd.grad(fused_conv.conv1(x, weight, bias).square().sum(), [weight, bias]))
+    finally:
+        torch.set_num_threads(threads)
+    for one, several in zip(*results):
+        assert torch.equal(one, several)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from reproml.methods.meta_lstm import adapt, build, query_logits
-from reproml.models import fused_lstm
+from reproml.models import fused_lstm, kernels
 from reproml.models.learner import Learner, LearnerSpec
 from reproml.models.meta_learner import MetaLearnerLSTM, preprocess
 from reproml.settings import TaskSettings, resolve_device
@@ -195,7 +195,7 @@ def from_blocked(blocked, n):
 
 def needs_fused_kernel(implementation):
     if implementation == "fused" and not fused_lstm.available("cpu"):
-        pytest.skip(f"no fused kernel here ({fused_lstm.unavailable_reason() or 'it did not build'})")
+        pytest.skip(f"no compiled kernels here ({kernels.unavailable_reason() or 'they did not build'})")
 
 
 @pytest.mark.parametrize("implementation", ["pytorch", "fused"])

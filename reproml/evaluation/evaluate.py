@@ -24,6 +24,7 @@ from reproml.evaluation.gates import GateRecorder
 from reproml.methods.finetune import finetune_classifier
 from reproml.methods.meta_lstm import load_checkpoint, query_logits
 from reproml.methods.nearest_neighbor import feature_nearest_neighbor, pixel_nearest_neighbor
+from reproml.models import kernels
 from reproml.models.pretrained import load_pretrained
 from reproml.settings import TaskSettings, resolve_device
 from reproml.statistics import summarize
@@ -79,7 +80,7 @@ def meta_lstm_method(checkpoint, device, manifest, data, n_way, k_shot, n_query)
     recorder = GateRecorder(learner, device)
     info = {"checkpoint": str(checkpoint), "checkpoint_iteration": ckpt.get("iteration"), "train_seed": ckpt.get("seed"),
             "train_dataset": ckpt.get("dataset"), "image_pool": ckpt.get("image_pool", "all"),
-            "meta_learner_layer1": meta.layer1_implementation()}
+            "compiled_kernels": kernels.describe(device)}
     return meta_lstm_classifier(meta, learner, settings, recorder), settings, info, ckpt.get("setting"), recorder
 
 

@@ -63,10 +63,6 @@ class MetaLearnerLSTM(nn.Module):
         return (self.lstm.hidden_size == fused_lstm.HIDDEN and self.cI.dtype == torch.float32
                 and fused_lstm.available(self.cI.device))
 
-    def layer1_implementation(self):
-        """For the run's records: the two implementations agree to float rounding, not bit for bit."""
-        return "fused kernel (lstm_cell.c)" if self.fused() else "pytorch"
-
     def initial_state(self):
         """(h, cell) of layer 1 and the pre-sigmoid (f, i) of layer 2, all zero at t = 0."""
         n, hidden = self.cI.shape[0], self.lstm.hidden_size

@@ -6,8 +6,8 @@ Files in the run folder:
   last.pt    everything needed to resume (written after every validation)
   best.pt    the meta-learner with the best validation accuracy so far, and its iteration
   curve.csv  iteration, train_loss, train_acc, val_acc, val_ci95 (one row per validation)
-  run.json   settings, seed, device, meta-learner layer-1 implementation, data checksum, best iteration,
-             seconds per episode
+  run.json   settings, seed, device, compiled kernels used, data checksum, best iteration, seconds per
+             episode
 
 Rerunning the same command after an interruption resumes from `last.pt`; since episodes are
 a function of (seed, index) and nothing else is random, the result equals an uninterrupted run.
@@ -26,6 +26,7 @@ from reproml.data.prepared import load_split, read_manifest
 from reproml.errors import UserError
 from reproml.evaluation.evaluate import episode_accuracies, meta_lstm_classifier
 from reproml.methods.meta_lstm import build, checkpoint, query_logits
+from reproml.models import kernels
 from reproml.settings import resolve_device
 from reproml.statistics import summarize
 from reproml.training.run_log import check_schedule, load_last, new_state, record_step, record_validation, write_outputs
@@ -99,7 +100,7 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
 
     summary = {**run_config, "iterations": iterations, "best_iteration": state["best_iteration"],
                "best_val_acc": state["best_val_acc"], "device": str(device),
-               "meta_learner_layer1": meta.layer1_implementation(),
+               "compiled_kernels": kernels.describe(device),
                "train_s_per_episode": state["train_seconds"] / iterations}
     write_json(out / "run.json", summary)
     return summary

@@ -2,7 +2,7 @@
 same meta-gradients on the same episode and the same predictions on the same test episodes.
 The fast path runs with PyTorch's operations only and with the compiled CPU kernels
 (`reproml/models/kernels.py`: the meta-learner's first layer, the first convolution's weight
-gradient); both are checked.
+gradient, each block's BatchNorm, pooling and ReLU); both are checked.
 
 Both paths run on channels-last images. The memory format alone changes the convolutions'
 summation order, and the meta-gradient is sensitive to that: the learner's near-zero gradient
@@ -10,11 +10,10 @@ coordinates (the conv biases before BatchNorm, whose true gradient is 0) are pre
 factor e^10, so their rounding noise moves a 5w1s meta-gradient at 84x84 by about 1e-2 (relative
 norm) between the two formats. With the format fixed, the PyTorch layer 1 agrees with the
 reference to about 3e-5 there. The kernels round differently (their own exp, other summation
-orders), which moves that meta-gradient by about 1e-3: as much as a one-ulp change of the
-learner's initial parameters moves the reference itself, which is what
-`test_the_kernels_meta_gradient_at_84px_is_within_the_references_own_rounding_noise` checks. On
-smaller images the meta-gradient is well conditioned and both implementations agree with the
-reference to 2e-4.
+orders, BatchNorm sums in double precision), which moves that meta-gradient by a few percent:
+as much as a one-ulp change of the learner's initial parameters moves the reference itself
+(measured 3e-4 to 5e-2), so that is what the kernels are held to. Each kernel is checked on its
+own against float64 to 1e-5.
 """
 
 import pytest
@@ -25,7 +24,7 @@ import reference
 from reproml.bench import random_split
 from reproml.data.episodes import EpisodeSampler
 from reproml.methods.meta_lstm import build, query_logits
-from reproml.models import fused_conv, fused_lstm, kernels
+from reproml.models import fused_block, fused_conv, fused_lstm, kernels
 from reproml.models.meta_learner import MetaLearnerLSTM
 from reproml.settings import TaskSettings
 
@@ -37,7 +36,8 @@ def needs_kernels():
 
 def pytorch_only(monkeypatch):
     monkeypatch.setattr(MetaLearnerLSTM, "fused", lambda self: False)
-    monkeypatch.setattr(fused_conv, "library", lambda: None)
+    for module in (fused_conv, fused_block):
+        monkeypatch.setattr(module, "library", lambda: None)
 
 
 @pytest.fixture(params=["pytorch", "kernels"])
@@ -76,41 +76,33 @@ def worst_relative_error(got, expected):
     return max(relative_error(got[name], expected[name]) for name in expected)
 
 
-@pytest.mark.parametrize("n_way, k_shot, image_size", [(5, 1, 32), (5, 5, 32)])
+def rounding_noise(meta, learner, settings, episode, expected, draws=3):
+    """How far the reference's meta-gradient moves when the learner's initial parameters move
+    by one float32 rounding step at random: the most any float32 implementation can promise."""
+    start = meta.cI.detach().clone()
+    noise = []
+    for seed in range(draws):
+        with torch.no_grad():
+            meta.cI.copy_(start * (1 + 2 ** -24 * torch.randn(start.shape, generator=torch.Generator().manual_seed(seed))))
+        noise.append(worst_relative_error(meta_gradient(reference.query_logits, meta, learner, settings, episode), expected))
+    with torch.no_grad():
+        meta.cI.copy_(start)
+    return max(noise)
+
+
+@pytest.mark.parametrize("n_way, k_shot, image_size", [(5, 1, 32), (5, 5, 32), (5, 1, 84)])
 def test_fast_and_reference_paths_give_the_same_meta_gradient(n_way, k_shot, image_size, implementation):
     settings = TaskSettings(n_way, k_shot, image_size, n_query=4)
     episode = channels_last(sampler_for(settings).tensors(0, "cpu"))
     learner, meta = build(settings, 0, "cpu")
-    fast = meta_gradient(query_logits, meta, learner, settings, episode)
     slow = meta_gradient(reference.query_logits, meta, learner, settings, episode)
-    assert worst_relative_error(fast, slow) < 2e-4
-
-
-def test_the_pytorch_meta_gradient_at_84px_equals_the_references(monkeypatch):
-    pytorch_only(monkeypatch)
-    settings = TaskSettings(5, 1, 84, n_query=4)
-    episode = channels_last(sampler_for(settings).tensors(0, "cpu"))
-    learner, meta = build(settings, 0, "cpu")
-    fast = meta_gradient(query_logits, meta, learner, settings, episode)
-    slow = meta_gradient(reference.query_logits, meta, learner, settings, episode)
-    assert worst_relative_error(fast, slow) < 2e-4
-
-
-def test_the_kernels_meta_gradient_at_84px_is_within_the_references_own_rounding_noise():
-    needs_kernels()
-    settings = TaskSettings(5, 1, 84, n_query=4)
-    episode = channels_last(sampler_for(settings).tensors(0, "cpu"))
-    learner, meta = build(settings, 0, "cpu")
-    slow = meta_gradient(reference.query_logits, meta, learner, settings, episode)
-    fused = worst_relative_error(meta_gradient(query_logits, meta, learner, settings, episode), slow)
-    start = meta.cI.detach().clone()
-    noise = []
-    for seed in range(3):
-        with torch.no_grad():  # one rounding step of float32, at random
-            meta.cI.copy_(start * (1 + 2 ** -24 * torch.randn(start.shape, generator=torch.Generator().manual_seed(seed))))
-        noise.append(worst_relative_error(meta_gradient(reference.query_logits, meta, learner, settings, episode), slow))
-    assert fused < 2 * max(noise), (fused, noise)
-    assert fused < 0.05  # and far from the O(1) error of a wrong equation
+    error = worst_relative_error(meta_gradient(query_logits, meta, learner, settings, episode), slow)
+    if implementation == "pytorch":  # the same operations in the same order, up to the fast path's rearrangements
+        assert error < 2e-4
+    else:
+        noise = rounding_noise(meta, learner, settings, episode, slow)
+        assert error < max(2e-4, 2 * noise), (error, noise)
+        assert error < 0.25  # and far from the O(1) error of a wrong equation
 
 
 def test_fast_and_reference_paths_give_the_same_test_predictions(implementation):
@@ -140,7 +132,7 @@ def unrolled_meta_gradient(meta, grads):
     return c.detach(), {name: p.grad.clone() for name, p in meta.named_parameters()}
 
 
-def test_the_fused_kernel_gives_pytorchs_meta_gradient_over_an_unrolled_episode(monkeypatch):
+def test_the_lstm_kernel_gives_pytorchs_meta_gradient_over_an_unrolled_episode(monkeypatch):
     needs_kernels()
     n = 32901
     generator = torch.Generator().manual_seed(0)
@@ -159,7 +151,7 @@ def test_the_fused_kernel_gives_pytorchs_meta_gradient_over_an_unrolled_episode(
     assert worst_relative_error(fused, pytorch) < 1e-4
 
 
-def test_the_fused_kernel_gives_the_same_numbers_on_any_number_of_threads():
+def test_the_lstm_kernel_gives_the_same_numbers_on_any_number_of_threads():
     needs_kernels()
     n = 5000
     generator = torch.Generator().manual_seed(1)
@@ -180,7 +172,7 @@ def test_the_fused_kernel_gives_the_same_numbers_on_any_number_of_threads():
         assert torch.equal(one, several)
 
 
-def test_the_fused_kernel_saturates_like_pytorch():
+def test_the_lstm_kernel_saturates_like_pytorch():
     """Pre-activations far outside exp's float32 range: the gates saturate as PyTorch's do, no NaN."""
     needs_kernels()
     n = 20
@@ -226,6 +218,55 @@ def test_the_conv1_kernel_gives_the_same_numbers_on_any_number_of_threads():
         for count in (1, 3):
             torch.set_num_threads(count)
             results.append(torch.autograd.grad(fused_conv.conv1(x, weight, bias).square().sum(), [weight, bias]))
+    finally:
+        torch.set_num_threads(threads)
+    for one, several in zip(*results):
+        assert torch.equal(one, several)
+
+
+def pytorch_block(z, running_mean, running_var, gamma, beta, training, momentum, eps):
+    return F.relu(F.max_pool2d(F.batch_norm(z, running_mean, running_var, gamma, beta, training, momentum, eps), 2))
+
+
+def block_results(block, z, gamma, beta, outside):
+    z, gamma, beta = (t.clone().requires_grad_() for t in (z, gamma, beta))
+    running_mean, running_var = torch.zeros_like(gamma), torch.ones_like(gamma)
+    out = block(z, running_mean, running_var, gamma, beta, True, 0.1, 1e-3)
+    grads = torch.autograd.grad((out * outside).sum(), [z, gamma, beta])
+    return [t.detach().double() for t in (out, running_mean, running_var, *grads)]
+
+
+@pytest.mark.parametrize("batch, ch, side, ties", [(5, 32, 84, False), (3, 16, 21, False), (2, 8, 7, False),
+                                                   (4, 32, 42, True)])
+def test_the_block_kernel_gives_batchnorm_pool_relu_values_gradients_and_running_statistics(batch, ch, side, ties):
+    """Against PyTorch's three operations in float64, gamma of both signs (a negative one pools
+    the smallest z); with `ties`, every window holds four equal values, and the gradient must go
+    to the first, as PyTorch's pooling sends it."""
+    needs_kernels()
+    generator = torch.Generator().manual_seed(side)
+    z = torch.randn(batch, ch, side, side, generator=generator) * 2 + 0.5
+    if ties:
+        z = z[:, :, ::2, ::2].repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    z = z.contiguous(memory_format=torch.channels_last)
+    gamma, beta = torch.rand(ch, generator=generator) - 0.3, torch.randn(ch, generator=generator) * 0.1
+    outside = torch.randn(batch, ch, side // 2, side // 2, generator=generator)
+    fused = block_results(fused_block.bn_pool_relu, z, gamma, beta, outside)
+    exact = block_results(pytorch_block, *(t.double() for t in (z, gamma, beta, outside)))
+    for name, got, want in zip(["output", "running mean", "running var", "d z", "d gamma", "d beta"], fused, exact):
+        assert relative_error(got, want) < 1e-5, name
+
+
+def test_the_block_kernel_gives_the_same_numbers_on_any_number_of_threads():
+    needs_kernels()
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(5, 32, 84, 84, generator=generator).contiguous(memory_format=torch.channels_last)
+    gamma, beta, outside = torch.rand(32, generator=generator), torch.zeros(32), torch.randn(5, 32, 42, 42, generator=generator)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            results.append(block_results(fused_block.bn_pool_relu, z, gamma, beta, outside))
     finally:
         torch.set_num_threads(threads)
     for one, several in zip(*results):

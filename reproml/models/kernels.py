@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-KERNELS = ("lstm_cell", "conv1_grad")
+KERNELS = ("lstm_cell", "conv1_grad", "bn_pool")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
 

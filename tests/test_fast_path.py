@@ -271,3 +271,15 @@ def test_the_block_kernel_gives_the_same_numbers_on_any_number_of_threads():
         torch.set_num_threads(threads)
     for one, several in zip(*results):
         assert torch.equal(one, several)
+
+
+def test_the_block_kernel_in_evaluation_mode_uses_the_running_statistics():
+    needs_kernels()
+    generator = torch.Generator().manual_seed(4)
+    z = torch.randn(6, 16, 21, 21, generator=generator).contiguous(memory_format=torch.channels_last)
+    gamma, beta = torch.rand(16, generator=generator) - 0.3, torch.randn(16, generator=generator)
+    running_mean, running_var = torch.randn(16, generator=generator), torch.rand(16, generator=generator) + 0.5
+    with torch.no_grad():
+        fused = fused_block.bn_pool_relu(z, running_mean, running_var, gamma, beta, False, 0.1, 1e-3)
+        exact = pytorch_block(*(t.double() for t in (z, running_mean, running_var, gamma, beta)), False, 0.1, 1e-3)
+    assert relative_error(fused.double(), exact) < 1e-6

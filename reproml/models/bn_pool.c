@@ -10,7 +10,8 @@
  * pooled tensors [b][yo][xo][c] with yo < height / 2, xo < width / 2 (PyTorch's floor mode: an
  * odd last row or column is normalised but never pooled).
  *
- * Forward, with mean and biased variance over (b, y, x) and alpha = gamma / sqrt(var + eps),
+ * Forward, with mean and biased variance over (b, y, x) (or, in evaluation mode, the running
+ * statistics) and alpha = gamma / sqrt(var + eps),
  * shift = beta - mean alpha (as PyTorch's CPU kernel computes them):
  *     out = relu(max over the window of (alpha z + shift))
  * The window position of the maximum (first one on ties, PyTorch's order) and the z there are
@@ -65,20 +66,26 @@ static void channel_sums(long rows, long width, long ch, const float *z, const d
     }
 }
 
-/* row_sums: room for batch * height * ch floats. */
-void bn_pool_forward(long batch, long height, long width, long ch, float eps, const float *z,
-                     const float *gamma, const float *beta, float *row_sums, float *mean_out,
-                     float *var_out, float *out, uint8_t *argmax, float *z_at_max) {
+/* With batch_stats, the batch's mean and biased variance are computed and written to
+ * `stats_mean`, `stats_var` (row_sums: room for batch * height * ch floats); without, those are
+ * read (the running statistics of evaluation mode) and `argmax`, `z_at_max` may be NULL. */
+void bn_pool_forward(long batch, long height, long width, long ch, float eps, int batch_stats, const float *z,
+                     const float *gamma, const float *beta, float *row_sums, float *stats_mean,
+                     float *stats_var, float *out, uint8_t *argmax, float *z_at_max) {
     long rows = batch * height, vecs = ch / 8, ho = height / 2, wo = width / 2;
     double n = (double)rows * width, mean[ch], var[ch];
-    channel_sums(rows, width, ch, z, NULL, row_sums, mean);
-    for (long c = 0; c < ch; c++) mean[c] /= n;
-    channel_sums(rows, width, ch, z, mean, row_sums, var);
+    if (batch_stats) {
+        channel_sums(rows, width, ch, z, NULL, row_sums, mean);
+        for (long c = 0; c < ch; c++) mean[c] /= n;
+        channel_sums(rows, width, ch, z, mean, row_sums, var);
+        for (long c = 0; c < ch; c++) var[c] /= n;
+    } else {
+        for (long c = 0; c < ch; c++) mean[c] = stats_mean[c], var[c] = stats_var[c];
+    }
     float alpha[ch], shift[ch];
     for (long c = 0; c < ch; c++) {
-        var[c] /= n;
-        mean_out[c] = (float)mean[c];
-        var_out[c] = (float)var[c];
+        stats_mean[c] = (float)mean[c];
+        stats_var[c] = (float)var[c];
         double invstd = 1.0 / __builtin_sqrt(var[c] + eps);
         alpha[c] = (float)(gamma[c] * invstd);
         shift[c] = (float)(beta[c] - mean[c] * gamma[c] * invstd);
@@ -105,6 +112,7 @@ void bn_pool_forward(long batch, long height, long width, long ch, float eps, co
                 }
                 long o = (r * wo + x) * ch + c;
                 _mm256_storeu_ps(out + o, _mm256_max_ps(best, _mm256_setzero_ps()));
+                if (!argmax) continue;
                 _mm256_storeu_ps(z_at_max + o, zbest);
                 int32_t w[8];
                 _mm256_storeu_si256((__m256i *)w, where);

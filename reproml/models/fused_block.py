@@ -18,7 +18,7 @@ def library():
     lib = kernels.load("bn_pool")
     if lib is not None:
         long, ptr = ctypes.c_long, ctypes.c_void_p
-        lib.bn_pool_forward.argtypes = [long] * 4 + [ctypes.c_float] + [ptr] * 9
+        lib.bn_pool_forward.argtypes = [long] * 4 + [ctypes.c_float, ctypes.c_int] + [ptr] * 9
         lib.bn_pool_backward.argtypes = [long] * 4 + [ctypes.c_float] + [ptr] * 12
     return lib
 
@@ -32,7 +32,7 @@ class BatchNormPoolReLU(torch.autograd.Function):
         out = z.new_empty(pooled).permute(0, 3, 1, 2)  # channels-last (batch, ch, height / 2, width / 2)
         argmax, z_at_max = torch.empty(pooled, dtype=torch.uint8), z.new_empty(pooled)
         mean, var = z.new_empty(ch), z.new_empty(ch)
-        kernels.call(library().bn_pool_forward, batch, height, width, ch, eps, z, gamma, beta,
+        kernels.call(library().bn_pool_forward, batch, height, width, ch, eps, 1, z, gamma, beta,
                      z.new_empty(batch * height * ch), mean, var, out, argmax, z_at_max)
         ctx.save_for_backward(z, gamma, mean, var, out, argmax, z_at_max)
         ctx.eps = eps
@@ -51,12 +51,26 @@ class BatchNormPoolReLU(torch.autograd.Function):
         return dz, dgamma, dbeta, None
 
 
+def evaluation_mode(z, running_mean, running_var, gamma, beta, eps):
+    """The forward pass with the running statistics, for evaluation (no gradient)."""
+    batch, ch, height, width = z.shape
+    z = z.contiguous(memory_format=torch.channels_last)
+    out = z.new_empty(batch, height // 2, width // 2, ch).permute(0, 3, 1, 2)
+    kernels.call(library().bn_pool_forward, batch, height, width, ch, eps, 0, z, gamma.contiguous(),
+                 beta.contiguous(), None, running_mean.clone(), running_var.clone(), out, None, None)
+    return out
+
+
 def bn_pool_relu(z, running_mean, running_var, gamma, beta, training, momentum, eps):
     """relu(max_pool2d(batch_norm(z, ...), 2)); in training mode the running statistics are
     updated in place as F.batch_norm does (the variance unbiased)."""
     batch, ch, height, width = z.shape
-    if (training and z.device.type == "cpu" and z.dtype == torch.float32 and ch % 8 == 0 and height >= 2
-            and width >= 2 and library() is not None):
+    usable = (z.device.type == "cpu" and z.dtype == torch.float32 and ch % 8 == 0 and height >= 2 and width >= 2
+              and library() is not None)
+    if usable and not training and not (torch.is_grad_enabled() and any(
+            t.requires_grad for t in (z, gamma, beta))):
+        return evaluation_mode(z, running_mean, running_var, gamma, beta, eps)
+    if usable and training:
         out, mean, var = BatchNormPoolReLU.apply(z, gamma, beta, eps)
         n = batch * height * width
         with torch.no_grad():

@@ -34,6 +34,20 @@ def needs_kernels():
         pytest.skip(f"no compiled kernels here ({kernels.unavailable_reason() or 'they did not build'})")
 
 
+def assert_same_on_any_number_of_threads(compute):
+    """compute() gives the same tensors, bit for bit, on one thread and on three."""
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            results.append(compute())
+    finally:
+        torch.set_num_threads(threads)
+    for one, several in zip(*results):
+        assert torch.equal(one, several)
+
+
 def pytorch_only(monkeypatch):
     monkeypatch.setattr(MetaLearnerLSTM, "fused", lambda self: False)
     for module in (fused_conv, fused_block):
@@ -158,18 +172,13 @@ def test_the_lstm_kernel_gives_the_same_numbers_on_any_number_of_threads():
     weight, bias, proj = (torch.randn(shape, generator=generator).requires_grad_() for shape in ((80, 22), (80,), (20, 2)))
     features = torch.randn(2, n, generator=generator)
     h, cell = (torch.randn(fused_lstm.blocks(n), 20, 8, generator=generator).requires_grad_() for _ in range(2))
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for count in (1, 3):
-            torch.set_num_threads(count)
-            outputs = fused_lstm.layer1(weight, bias, proj, features, h, cell)
-            grads = torch.autograd.grad(sum(o.square().sum() for o in outputs), [weight, bias, proj, h, cell])
-            results.append([o.detach() for o in outputs] + list(grads))
-    finally:
-        torch.set_num_threads(threads)
-    for one, several in zip(*results):
-        assert torch.equal(one, several)
+
+    def compute():
+        outputs = fused_lstm.layer1(weight, bias, proj, features, h, cell)
+        grads = torch.autograd.grad(sum(o.square().sum() for o in outputs), [weight, bias, proj, h, cell])
+        return [o.detach() for o in outputs] + list(grads)
+
+    assert_same_on_any_number_of_threads(compute)
 
 
 def test_the_lstm_kernel_saturates_like_pytorch():
@@ -212,16 +221,8 @@ def test_the_conv1_kernel_gives_the_same_numbers_on_any_number_of_threads():
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(5, 3, 84, 84, generator=generator).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(32, 3, 3, 3).requires_grad_(), torch.randn(32).requires_grad_()
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for count in (1, 3):
-            torch.set_num_threads(count)
-            results.append(torch.autograd.grad(fused_conv.conv1(x, weight, bias).square().sum(), [weight, bias]))
-    finally:
-        torch.set_num_threads(threads)
-    for one, several in zip(*results):
-        assert torch.equal(one, several)
+    assert_same_on_any_number_of_threads(
+        lambda: torch.autograd.grad(fused_conv.conv1(x, weight, bias).square().sum(), [weight, bias]))
 
 
 def pytorch_block(z, running_mean, running_var, gamma, beta, training, momentum, eps):
@@ -261,16 +262,7 @@ def test_the_block_kernel_gives_the_same_numbers_on_any_number_of_threads():
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(5, 32, 84, 84, generator=generator).contiguous(memory_format=torch.channels_last)
     gamma, beta, outside = torch.rand(32, generator=generator), torch.zeros(32), torch.randn(5, 32, 42, 42, generator=generator)
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for count in (1, 3):
-            torch.set_num_threads(count)
-            results.append(block_results(fused_block.bn_pool_relu, z, gamma, beta, outside))
-    finally:
-        torch.set_num_threads(threads)
-    for one, several in zip(*results):
-        assert torch.equal(one, several)
+    assert_same_on_any_number_of_threads(lambda: block_results(fused_block.bn_pool_relu, z, gamma, beta, outside))
 
 
 def test_the_block_kernel_in_evaluation_mode_uses_the_running_statistics():

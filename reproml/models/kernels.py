@@ -1,5 +1,5 @@
-"""The two compiled CPU kernels (`lstm_cell.c`, `conv1_grad.c`): build on first use, load, or
-say why not.
+"""The compiled CPU kernels (`lstm_cell.c`, `conv1_grad.c`, `bn_pool.c`): build on first use,
+load, or say why not.
 
 Each is compiled with the system's C compiler (`cc`, or `$CC`) in well under a second and
 cached under `$XDG_CACHE_HOME/reproml` (or `~/.cache/reproml`), keyed by a hash of its source
@@ -84,5 +84,6 @@ def describe(device):
 
 
 def call(kernel, *args):
-    """Tensors are passed as raw pointers: they must be contiguous float32 and stay alive meanwhile."""
+    """Tensors are passed as raw pointers: they must be contiguous, of the kernel's element type,
+    and stay alive meanwhile."""
     kernel(*(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args))

@@ -1,8 +1,8 @@
 """The package's fast path against the straightforward reference (`tests/reference.py`): the
 same meta-gradients on the same episode and the same predictions on the same test episodes.
 The fast path runs with PyTorch's operations only and with the compiled CPU kernels
-(`reproml/models/kernels.py`: the meta-learner's first layer, the first convolution's weight
-gradient, each block's BatchNorm, pooling and ReLU); both are checked.
+(`reproml/models/kernels.py`: the meta-learner's first layer, the convolutions' backward passes
+and forward passes after the first, each block's BatchNorm, pooling and ReLU); both are checked.
 
 Both paths run on channels-last images. The memory format alone changes the convolutions'
 summation order, and the meta-gradient is sensitive to that: the learner's near-zero gradient
@@ -197,32 +197,43 @@ def test_the_lstm_kernel_saturates_like_pytorch():
     torch.testing.assert_close(fused[1].transpose(1, 2).reshape(-1, 20)[:n], pytorch[1])
 
 
-@pytest.mark.parametrize("batch, side, filters", [(3, 84, 32), (2, 30, 16), (1, 7, 8)])
-def test_the_conv1_kernel_gives_the_weight_and_bias_gradients(batch, side, filters):
-    """Against float64: the kernel sums in another order than oneDNN (and measures closer to
+@pytest.mark.parametrize("batch, in_ch, side, out_ch", [
+    (3, 3, 84, 32), (2, 3, 30, 16), (5, 32, 42, 32), (3, 32, 21, 32), (2, 16, 10, 32), (2, 32, 7, 16),
+    (1, 32, 5, 48), (2, 16, 8, 16)])  # every row width modulo the kernel's 6-pixel tile
+def test_the_convolution_kernels_give_the_output_and_all_gradients(batch, in_ch, side, out_ch):
+    """Against float64: the kernels sum in another order than oneDNN (and measure closer to
     float64 than oneDNN here: about 1e-6 against 5e-6 relative at 84x84)."""
     needs_kernels()
-    generator = torch.Generator().manual_seed(batch)
-    x = torch.rand(batch, 3, side, side, generator=generator).contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(filters, 3, 3, 3, generator=generator, dtype=torch.float64)
-    bias = torch.randn(filters, generator=generator, dtype=torch.float64)
-    outside = torch.randn(batch, filters, side, side, generator=generator, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(batch * side)
+    x = torch.rand(batch, in_ch, side, side, generator=generator, dtype=torch.float64)
+    weight = torch.randn(out_ch, in_ch, 3, 3, generator=generator, dtype=torch.float64)
+    bias = torch.randn(out_ch, generator=generator, dtype=torch.float64)
+    outside = torch.randn(batch, out_ch, side, side, generator=generator, dtype=torch.float64)
+    input_grad = in_ch % 16 == 0  # the images' gradient (3 channels) is never asked for
     results = []
-    for conv, dtype in ((fused_conv.conv1, torch.float32), (lambda *a: F.conv2d(*a, padding=1), torch.float64)):
+    for conv, dtype in ((fused_conv.conv3x3, torch.float32), (lambda *a: F.conv2d(*a, padding=1), torch.float64)):
+        xt = x.to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_(input_grad)
         w, b = weight.to(dtype).requires_grad_(), bias.to(dtype).requires_grad_()
-        out = conv(x.to(dtype), w, b)
-        results.append([out.detach().double(), *(g.double() for g in torch.autograd.grad((out * outside.to(dtype)).sum(), [w, b]))])
-    for name, got, want in zip(["output", "d weight", "d bias"], *results):
+        out = conv(xt, w, b)
+        if dtype == torch.float32:
+            assert out.grad_fn.name() == "Conv3x3Backward"
+        grads = torch.autograd.grad((out * outside.to(dtype)).sum(), [xt, w, b] if input_grad else [w, b])
+        results.append([out.detach().double(), *(g.double() for g in grads)])
+    names = ["output", "d input", "d weight", "d bias"] if input_grad else ["output", "d weight", "d bias"]
+    for name, got, want in zip(names, *results):
         assert relative_error(got, want) < 1e-5, name
 
 
-def test_the_conv1_kernel_gives_the_same_numbers_on_any_number_of_threads():
+@pytest.mark.parametrize("in_ch, side", [(3, 84), (32, 42)])
+def test_the_convolution_kernels_give_the_same_numbers_on_any_number_of_threads(in_ch, side):
     needs_kernels()
     generator = torch.Generator().manual_seed(0)
-    x = torch.rand(5, 3, 84, 84, generator=generator).contiguous(memory_format=torch.channels_last)
-    weight, bias = torch.randn(32, 3, 3, 3).requires_grad_(), torch.randn(32).requires_grad_()
+    x = torch.rand(5, in_ch, side, side, generator=generator).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(in_ch == 32)
+    weight, bias = torch.randn(32, in_ch, 3, 3).requires_grad_(), torch.randn(32).requires_grad_()
+    inputs = [x, weight, bias] if x.requires_grad else [weight, bias]
     assert_same_on_any_number_of_threads(
-        lambda: torch.autograd.grad(fused_conv.conv1(x, weight, bias).square().sum(), [weight, bias]))
+        lambda: torch.autograd.grad(fused_conv.conv3x3(x, weight, bias).square().sum(), inputs))
 
 
 def pytorch_block(z, running_mean, running_var, gamma, beta, training, momentum, eps):

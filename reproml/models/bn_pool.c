@@ -35,50 +35,51 @@ typedef __m256 vec;
 
 static inline vec splat(float x) { return _mm256_set1_ps(x); }
 
-/* Per channel, the sum over every (b, y, x) of z (center = NULL) or of (z - center)^2: per-row
- * float sums, added over rows in order in double precision. */
-static void channel_sums(long rows, long width, long ch, const float *z, const double *center,
-                         float *row_sums, double *sums) {
+/* Per channel, the mean and biased variance over every (b, y, x) of z, in one pass over z: each
+ * row's own mean and sum of squared deviations (two passes over the row while it is in cache, in
+ * float), then the rows combined in order in double precision (Chan et al.'s pairwise update). */
+static void channel_stats(long rows, long width, long ch, const float *z, float *row_stats, double *mean,
+                          double *var) {
     long vecs = ch / 8;
-    float c32[ch];
-    for (long c = 0; c < ch; c++) c32[c] = center ? (float)center[c] : 0.0f;
+    vec inv_width = _mm256_set1_ps(1.0f / (float)width);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < rows; r++) {
         const float *zr = z + r * width * ch;
         for (long v = 0; v < vecs; v++) {
-            vec s = _mm256_setzero_ps(), m = _mm256_loadu_ps(c32 + v * 8);
+            vec s = _mm256_setzero_ps(), m2 = _mm256_setzero_ps();
+            for (long x = 0; x < width; x++) s = _mm256_add_ps(s, _mm256_loadu_ps(zr + x * ch + v * 8));
+            vec m = _mm256_mul_ps(s, inv_width);
             for (long x = 0; x < width; x++) {
-                vec zv = _mm256_loadu_ps(zr + x * ch + v * 8);
-                if (center) {
-                    zv = _mm256_sub_ps(zv, m);
-                    s = _mm256_fmadd_ps(zv, zv, s);
-                } else {
-                    s = _mm256_add_ps(s, zv);
-                }
+                vec d = _mm256_sub_ps(_mm256_loadu_ps(zr + x * ch + v * 8), m);
+                m2 = _mm256_fmadd_ps(d, d, m2);
             }
-            _mm256_storeu_ps(row_sums + r * ch + v * 8, s);
+            _mm256_storeu_ps(row_stats + (2 * r) * ch + v * 8, m);
+            _mm256_storeu_ps(row_stats + (2 * r + 1) * ch + v * 8, m2);
         }
     }
-    for (long c = 0; c < ch; c++) {
-        double total = 0.0;
-        for (long r = 0; r < rows; r++) total += row_sums[r * ch + c];
-        sums[c] = total;
+    double m2[ch];
+    for (long c = 0; c < ch; c++) mean[c] = m2[c] = 0.0;
+    for (long r = 0; r < rows; r++) {
+        double n = (double)r * width, share = width / (n + width);  /* the new row's share of the count */
+        for (long c = 0; c < ch; c++) {
+            double delta = row_stats[2 * r * ch + c] - mean[c];
+            mean[c] += delta * share;
+            m2[c] += row_stats[(2 * r + 1) * ch + c] + delta * delta * n * share;
+        }
     }
+    for (long c = 0; c < ch; c++) var[c] = m2[c] / ((double)rows * width);
 }
 
 /* With batch_stats, the batch's mean and biased variance are computed and written to
- * `stats_mean`, `stats_var` (row_sums: room for batch * height * ch floats); without, those are
+ * `stats_mean`, `stats_var` (row_stats: room for 2 batch * height * ch floats); without, those are
  * read (the running statistics of evaluation mode) and `argmax`, `z_at_max` may be NULL. */
 void bn_pool_forward(long batch, long height, long width, long ch, float eps, int batch_stats, const float *z,
-                     const float *gamma, const float *beta, float *row_sums, float *stats_mean,
+                     const float *gamma, const float *beta, float *row_stats, float *stats_mean,
                      float *stats_var, float *out, uint8_t *argmax, float *z_at_max) {
     long rows = batch * height, vecs = ch / 8, ho = height / 2, wo = width / 2;
-    double n = (double)rows * width, mean[ch], var[ch];
+    double mean[ch], var[ch];
     if (batch_stats) {
-        channel_sums(rows, width, ch, z, NULL, row_sums, mean);
-        for (long c = 0; c < ch; c++) mean[c] /= n;
-        channel_sums(rows, width, ch, z, mean, row_sums, var);
-        for (long c = 0; c < ch; c++) var[c] /= n;
+        channel_stats(rows, width, ch, z, row_stats, mean, var);
     } else {
         for (long c = 0; c < ch; c++) mean[c] = stats_mean[c], var[c] = stats_var[c];
     }

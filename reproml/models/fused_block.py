@@ -33,7 +33,7 @@ class BatchNormPoolReLU(torch.autograd.Function):
         argmax, z_at_max = torch.empty(pooled, dtype=torch.uint8), z.new_empty(pooled)
         mean, var = z.new_empty(ch), z.new_empty(ch)
         kernels.call(library().bn_pool_forward, batch, height, width, ch, eps, 1, z, gamma, beta,
-                     z.new_empty(batch * height * ch), mean, var, out, argmax, z_at_max)
+                     z.new_empty(2 * batch * height * ch), mean, var, out, argmax, z_at_max)
         ctx.save_for_backward(z, gamma, mean, var, out, argmax, z_at_max)
         ctx.eps = eps
         ctx.mark_non_differentiable(mean, var)

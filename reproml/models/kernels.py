@@ -1,4 +1,4 @@
-"""The compiled CPU kernels (`lstm_cell.c`, `conv1_grad.c`, `bn_pool.c`): build on first use,
+"""The compiled CPU kernels (`lstm_cell.c`, `conv3x3.c`, `bn_pool.c`): build on first use,
 load, or say why not.
 
 Each is compiled with the system's C compiler (`cc`, or `$CC`) in well under a second and
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-KERNELS = ("lstm_cell", "conv1_grad", "bn_pool")
+KERNELS = ("lstm_cell", "conv3x3", "bn_pool")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
 

@@ -100,7 +100,7 @@ class Learner:
         x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's faster layout for these small convolutions
         for b, (mean, var) in enumerate(bn_stats):
             conv_w, conv_b, bn_w, bn_b = params[4 * b: 4 * b + 4]
-            x = fused_conv.conv1(x, conv_w, conv_b) if b == 0 else F.conv2d(x, conv_w, conv_b, padding=1)
+            x = fused_conv.conv3x3(x, conv_w, conv_b)
             x = fused_block.bn_pool_relu(x, mean, var, bn_w, bn_b, training, momentum, self.spec.bn_eps)
         return x.flatten(1)
 

@@ -1,4 +1,4 @@
-"""The compiled CPU kernels (`lstm_cell.c`, `conv3x3.c`, `bn_pool.c`): build on first use,
+"""The compiled CPU kernels (`lstm_cell.c`, `block.c`): build on first use,
 load, or say why not.
 
 Each is compiled with the system's C compiler (`cc`, or `$CC`) in well under a second and
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-KERNELS = ("lstm_cell", "conv3x3", "bn_pool")
+KERNELS = ("lstm_cell", "block")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -85,5 +85,5 @@ def describe(device):
 
 def call(kernel, *args):
     """Tensors are passed as raw pointers: they must be contiguous, of the kernel's element type,
-    and stay alive meanwhile."""
-    kernel(*(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args))
+    and stay alive meanwhile. Returns what the kernel returns."""
+    return kernel(*(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args))

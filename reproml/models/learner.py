@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from reproml.models import fused_block, fused_conv
+from reproml.models import fused_block
 
 
 @dataclass(frozen=True)
@@ -95,13 +95,12 @@ class Learner:
     def features(self, flat, x, bn_stats, training, momentum):
         """The flattened output of the last block. In training mode BN normalises with the
         batch's statistics and updates `bn_stats` in place; otherwise it uses `bn_stats`.
-        Parts run as compiled kernels where they can (fused_conv, fused_block)."""
+        Each block runs as compiled kernels where it can (fused_block)."""
         params = self.unflatten(flat)
         x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's faster layout for these small convolutions
         for b, (mean, var) in enumerate(bn_stats):
             conv_w, conv_b, bn_w, bn_b = params[4 * b: 4 * b + 4]
-            x = fused_conv.conv3x3(x, conv_w, conv_b)
-            x = fused_block.bn_pool_relu(x, mean, var, bn_w, bn_b, training, momentum, self.spec.bn_eps)
+            x = fused_block.block(x, conv_w, conv_b, mean, var, bn_w, bn_b, training, momentum, self.spec.bn_eps)
         return x.flatten(1)
 
     def forward(self, flat, x, bn_stats, training, momentum):

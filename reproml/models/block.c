@@ -1,0 +1,425 @@
+/* A learner block's kernels: the 3x3 convolution (padding 1), then BatchNorm (batch statistics),
+ * 2x2 max-pooling and ReLU, forward and backward, on channels-last tensors. Compiled at first use
+ * by `kernels.py`.
+ *
+ * Why: oneDNN runs the backward pass of these small convolutions (32 channels, 42x42 and less,
+ * 5 to 75 images) at about half the machine's multiply-add rate, and its weight gradient with
+ * three input channels at a fifth; PyTorch runs BatchNorm, pooling and ReLU as three operations
+ * with about five full passes each way over the full-resolution tensor. At 84x84 the first
+ * block is bound by memory traffic, so its backward pass also never stores d z (see the end).
+ *
+ * Convolution:
+ *     forward:     out[b][y][x][o] = bias[o] + sum over (kh, kw, c) of
+ *                                    w[kh][kw][c][o] * in[b][y + kh - 1][x + kw - 1][c]
+ *     weight grad: d w[o][c][kh][kw] = sum over (b, y, x) of g[b][y][x][o] * in[b][y + kh - 1][x + kw - 1][c]
+ *                  d bias[o]         = sum over (b, y, x) of g[b][y][x][o]
+ * (pixels outside the image are zero); with flipped, transposed weights the forward pass is also
+ * the input's gradient. Both walk output rows; the three input rows a row needs are copied, with
+ * a zero pixel at each end standing in for the padding, into a ring that copies each input row
+ * once per image. Register tiles: 6 output pixels x 16 output channels (forward), 3 taps x 2
+ * input channels x 16 output channels (weight gradient), each fed by one broadcast per
+ * multiply-add pair, as in a matrix-multiply kernel.
+ *
+ * BatchNorm, pooling and ReLU: layout z[b][y][x][c] with `ch` a multiple of 8 (one vector per 8
+ * channels); pooled tensors [b][yo][xo][c] with yo < height / 2, xo < width / 2 (PyTorch's floor
+ * mode: an odd last row or column is normalised but never pooled).
+ * Forward, with mean and biased variance over (b, y, x) (or, in evaluation mode, the running
+ * statistics) and alpha = gamma / sqrt(var + eps),
+ * shift = beta - mean alpha (as PyTorch's CPU kernel computes them):
+ *     out = relu(max over the window of (alpha z + shift))
+ * The window position of the maximum (first one on ties, PyTorch's order) and the z there are
+ * kept for the backward. Since alpha z + shift is what PyTorch's BatchNorm outputs, `out` is
+ * the same number as PyTorch's.
+ * Backward: the gradient g = d out * (out > 0) reaches one z per window, so with n = batch *
+ * height * width and zhat = (z - mean) / sqrt(var + eps):
+ *     d beta = sum g,  d gamma = sum g zhat(z at the maximum)
+ *     d z = alpha (g at the maximum - d beta / n - zhat d gamma / n)
+ *
+ * Rows are shared out over OpenMP threads (PyTorch's pool, see lstm_cell.c). Every sum goes
+ * through per-row or per-stripe partials added in a fixed order (BatchNorm's in double
+ * precision), so no result depends on the number of threads. */
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef __m256 vec;
+
+/* Per channel, the mean and biased variance over every (b, y, x) of z, in one pass over z: each
+ * row's own mean and sum of squared deviations (two passes over the row while it is in cache, in
+ * float), then the rows combined in order in double precision (Chan et al.'s pairwise update). */
+static void channel_stats(long rows, long width, long ch, const float *z, float *row_stats, double *mean,
+                          double *var) {
+    long vecs = ch / 8;
+    vec inv_width = _mm256_set1_ps(1.0f / (float)width);
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < rows; r++) {
+        const float *zr = z + r * width * ch;
+        for (long v = 0; v < vecs; v++) {
+            vec s = _mm256_setzero_ps(), m2 = _mm256_setzero_ps();
+            for (long x = 0; x < width; x++) s = _mm256_add_ps(s, _mm256_loadu_ps(zr + x * ch + v * 8));
+            vec m = _mm256_mul_ps(s, inv_width);
+            for (long x = 0; x < width; x++) {
+                vec d = _mm256_sub_ps(_mm256_loadu_ps(zr + x * ch + v * 8), m);
+                m2 = _mm256_fmadd_ps(d, d, m2);
+            }
+            _mm256_storeu_ps(row_stats + (2 * r) * ch + v * 8, m);
+            _mm256_storeu_ps(row_stats + (2 * r + 1) * ch + v * 8, m2);
+        }
+    }
+    double m2[ch];
+    for (long c = 0; c < ch; c++) mean[c] = m2[c] = 0.0;
+    for (long r = 0; r < rows; r++) {
+        double n = (double)r * width, share = width / (n + width);  /* the new row's share of the count */
+        for (long c = 0; c < ch; c++) {
+            double delta = row_stats[2 * r * ch + c] - mean[c];
+            mean[c] += delta * share;
+            m2[c] += row_stats[(2 * r + 1) * ch + c] + delta * delta * n * share;
+        }
+    }
+    for (long c = 0; c < ch; c++) var[c] = m2[c] / ((double)rows * width);
+}
+
+/* With batch_stats, the batch's mean and biased variance are computed and written to
+ * `stats_mean`, `stats_var` (row_stats: room for 2 batch * height * ch floats); without, those are
+ * read (the running statistics of evaluation mode) and `argmax`, `z_at_max` may be NULL. */
+void bn_pool_forward(long batch, long height, long width, long ch, float eps, int batch_stats, const float *z,
+                     const float *gamma, const float *beta, float *row_stats, float *stats_mean,
+                     float *stats_var, float *out, uint8_t *argmax, float *z_at_max) {
+    long rows = batch * height, vecs = ch / 8, ho = height / 2, wo = width / 2;
+    double mean[ch], var[ch];
+    if (batch_stats) {
+        channel_stats(rows, width, ch, z, row_stats, mean, var);
+    } else {
+        for (long c = 0; c < ch; c++) mean[c] = stats_mean[c], var[c] = stats_var[c];
+    }
+    float alpha[ch], shift[ch];
+    for (long c = 0; c < ch; c++) {
+        stats_mean[c] = (float)mean[c];
+        stats_var[c] = (float)var[c];
+        double invstd = 1.0 / __builtin_sqrt(var[c] + eps);
+        alpha[c] = (float)(gamma[c] * invstd);
+        shift[c] = (float)(beta[c] - mean[c] * gamma[c] * invstd);
+    }
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < batch * ho; r++) {
+        long b = r / ho, y = 2 * (r % ho);
+        const float *top = z + ((b * height + y) * width) * ch, *bottom = top + width * ch;
+        for (long x = 0; x < wo; x++)
+            for (long v = 0; v < vecs; v++) {
+                long c = v * 8, at = 2 * x * ch + c;
+                vec a = _mm256_loadu_ps(alpha + c), s = _mm256_loadu_ps(shift + c);
+                const float *window[4] = {top + at, top + at + ch, bottom + at, bottom + at + ch};
+                vec zbest = _mm256_loadu_ps(window[0]);
+                vec best = _mm256_fmadd_ps(a, zbest, s);
+                __m256i where = _mm256_setzero_si256();
+                for (int k = 1; k < 4; k++) {
+                    vec zk = _mm256_loadu_ps(window[k]);
+                    vec yk = _mm256_fmadd_ps(a, zk, s);
+                    vec better = _mm256_cmp_ps(yk, best, _CMP_GT_OQ);
+                    best = _mm256_blendv_ps(best, yk, better);
+                    zbest = _mm256_blendv_ps(zbest, zk, better);
+                    where = _mm256_blendv_epi8(where, _mm256_set1_epi32(k), _mm256_castps_si256(better));
+                }
+                long o = (r * wo + x) * ch + c;
+                _mm256_storeu_ps(out + o, _mm256_max_ps(best, _mm256_setzero_ps()));
+                if (!argmax) continue;
+                _mm256_storeu_ps(z_at_max + o, zbest);
+                int32_t w[8];
+                _mm256_storeu_si256((__m256i *)w, where);
+                for (int l = 0; l < 8; l++) argmax[o + l] = (uint8_t)w[l];
+            }
+    }
+}
+
+/* What d z needs besides z: per channel mean, 1 / sqrt(var + eps), alpha = gamma / sqrt(var + eps),
+ * d beta / n and d gamma / n; and the pooled tensors of the forward pass with d out. */
+typedef struct {
+    long batch, height, width, ch;
+    const float *z, *dout, *out;
+    const uint8_t *argmax;
+    float *mean, *invstd, *alpha, *dbeta_n, *dgamma_n; /* ch floats each */
+} DzRows;
+
+/* d gamma, d beta and the rest of `p` (row_sums: room for batch * (height / 2) * ch * 2 floats). */
+static void bn_pool_backward_sums(DzRows *p, float eps, const float *gamma, const float *mean, const float *var,
+                                  const float *z_at_max, float *row_sums, float *dgamma, float *dbeta) {
+    long ch = p->ch, vecs = ch / 8, ho = p->height / 2, wo = p->width / 2, pooled_rows = p->batch * ho;
+    const float *dout = p->dout, *out = p->out;
+    float *invstd = p->invstd;
+    for (long c = 0; c < ch; c++) {
+        p->mean[c] = mean[c];
+        invstd[c] = (float)(1.0 / __builtin_sqrt((double)var[c] + eps));
+    }
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < pooled_rows; r++)
+        for (long v = 0; v < vecs; v++) {
+            long c = v * 8;
+            vec m = _mm256_loadu_ps(mean + c), is = _mm256_loadu_ps(invstd + c);
+            vec sg = _mm256_setzero_ps(), sgz = _mm256_setzero_ps();
+            for (long x = 0; x < wo; x++) {
+                long o = (r * wo + x) * ch + c;
+                vec g = _mm256_and_ps(_mm256_loadu_ps(dout + o),
+                                      _mm256_cmp_ps(_mm256_loadu_ps(out + o), _mm256_setzero_ps(), _CMP_GT_OQ));
+                sg = _mm256_add_ps(sg, g);
+                sgz = _mm256_fmadd_ps(g, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(z_at_max + o), m), is), sgz);
+            }
+            float fs[8], fz[8];
+            _mm256_storeu_ps(fs, sg);
+            _mm256_storeu_ps(fz, sgz);
+            for (int l = 0; l < 8; l++) {
+                row_sums[(r * ch + c + l) * 2] = fs[l];
+                row_sums[(r * ch + c + l) * 2 + 1] = fz[l];
+            }
+        }
+    double n = (double)p->batch * p->height * p->width;
+    for (long c = 0; c < ch; c++) {
+        double s = 0.0, sz = 0.0;
+        for (long r = 0; r < pooled_rows; r++) {
+            s += row_sums[(r * ch + c) * 2];
+            sz += row_sums[(r * ch + c) * 2 + 1];
+        }
+        dbeta[c] = (float)s;
+        dgamma[c] = (float)sz;
+        p->alpha[c] = gamma[c] * invstd[c];
+        p->dbeta_n[c] = (float)(s / n);
+        p->dgamma_n[c] = (float)(sz / n);
+    }
+}
+
+/* Row r of d z (r over batch x height). */
+static void dz_row(const DzRows *p, long r, float *dzr) {
+    long ch = p->ch, vecs = ch / 8, width = p->width, ho = p->height / 2, wo = width / 2;
+    long b = r / p->height, y = r % p->height, yo = y / 2;
+    int pooled_row = yo < ho;
+    const float *zr = p->z + r * width * ch;
+    for (long x = 0; x < width; x++) {
+        long xo = x / 2;
+        int pos = (int)((y % 2) * 2 + x % 2), pooled = pooled_row && xo < wo;
+        long o = ((b * ho + yo) * wo + xo) * ch;
+        for (long v = 0; v < vecs; v++) {
+            long c = v * 8;
+            vec zhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(zr + x * ch + c), _mm256_loadu_ps(p->mean + c)),
+                                     _mm256_loadu_ps(p->invstd + c));
+            vec d = _mm256_fnmadd_ps(zhat, _mm256_loadu_ps(p->dgamma_n + c),
+                                     _mm256_sub_ps(_mm256_setzero_ps(), _mm256_loadu_ps(p->dbeta_n + c)));
+            if (pooled) {
+                __m128i idx8 = _mm_loadl_epi64((const __m128i *)(p->argmax + o + c));
+                __m256i idx = _mm256_cvtepu8_epi32(idx8);
+                vec here = _mm256_castsi256_ps(_mm256_cmpeq_epi32(idx, _mm256_set1_epi32(pos)));
+                vec g = _mm256_and_ps(_mm256_loadu_ps(p->dout + o + c),
+                                      _mm256_cmp_ps(_mm256_loadu_ps(p->out + o + c), _mm256_setzero_ps(), _CMP_GT_OQ));
+                d = _mm256_add_ps(d, _mm256_and_ps(g, here));
+            }
+            _mm256_storeu_ps(dzr + x * ch + c, _mm256_mul_ps(_mm256_loadu_ps(p->alpha + c), d));
+        }
+    }
+}
+
+/* mem: room for 5 ch floats */
+static DzRows dz_rows(long batch, long height, long width, long ch, const float *z, const float *dout,
+                      const float *out, const uint8_t *argmax, float *mem) {
+    DzRows p = {batch, height, width, ch, z, dout, out, argmax, mem, mem + ch, mem + 2 * ch, mem + 3 * ch, mem + 4 * ch};
+    return p;
+}
+
+void bn_pool_backward(long batch, long height, long width, long ch, float eps, const float *z, const float *gamma,
+                      const float *mean, const float *var, const float *dout, const float *out,
+                      const uint8_t *argmax, const float *z_at_max, float *row_sums, float *dz, float *dgamma,
+                      float *dbeta) {
+    float mem[5 * ch];
+    DzRows p = dz_rows(batch, height, width, ch, z, dout, out, argmax, mem);
+    bn_pool_backward_sums(&p, eps, gamma, mean, var, z_at_max, row_sums, dgamma, dbeta);
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < batch * height; r++) dz_row(&p, r, dz + r * width * ch);
+}
+
+#define TILE 6    /* output pixels per forward register tile */
+#define STRIPE 32 /* output rows per partial sum of the weight gradient */
+
+typedef struct {
+    float *slot[3]; /* input row iy, padded, lives in slot iy % 3 */
+    long tag[3];    /* which (b * height + iy) each slot holds */
+    float *zeros;   /* the rows above and below the image */
+} Rows;
+
+/* mem: room for 4 (width + 2) ch floats, zeroed */
+static void rows_init(Rows *r, float *mem, long width, long ch) {
+    long n = (width + 2) * ch;
+    for (int i = 0; i < 3; i++) r->slot[i] = mem + i * n, r->tag[i] = -1;
+    r->zeros = mem + 3 * n;
+}
+
+/* Padded input rows y - 1, y, y + 1 of image b: rows[kh][(x + 1) * ch + c] = in[b][y + kh - 1][x][c]. */
+static void rows_get(Rows *r, const float *in, long b, long y, long height, long width, long ch, const float *rows[3]) {
+    for (int kh = 0; kh < 3; kh++) {
+        long iy = y + kh - 1, tag = b * height + iy;
+        int s = (int)(iy % 3);
+        if (iy < 0 || iy >= height) {
+            rows[kh] = r->zeros;
+            continue;
+        }
+        if (r->tag[s] != tag) {
+            memcpy(r->slot[s] + ch, in + tag * width * ch, (size_t)(width * ch) * sizeof(float));
+            r->tag[s] = tag;
+        }
+        rows[kh] = r->slot[s];
+    }
+}
+
+/* Output pixels x0 .. x0 + n - 1 of one row, channels o .. o + 15. */
+static inline __attribute__((always_inline)) void forward_tile(const int n, const float *rows[3], long x0, long in_ch,
+                                                               long out_ch, const float *w, long o, const float *bias,
+                                                               float *dst) {
+    vec acc[TILE][2];
+    vec b0 = bias ? _mm256_loadu_ps(bias + o) : _mm256_setzero_ps();
+    vec b1 = bias ? _mm256_loadu_ps(bias + o + 8) : _mm256_setzero_ps();
+    for (int p = 0; p < n; p++) acc[p][0] = b0, acc[p][1] = b1;
+    for (int kh = 0; kh < 3; kh++)
+        for (int kw = 0; kw < 3; kw++) {
+            const float *src = rows[kh] + (x0 + kw) * in_ch, *wk = w + (kh * 3 + kw) * in_ch * out_ch + o;
+            for (long c = 0; c < in_ch; c++) {
+                vec w0 = _mm256_loadu_ps(wk + c * out_ch), w1 = _mm256_loadu_ps(wk + c * out_ch + 8);
+                for (int p = 0; p < n; p++) {
+                    vec a = _mm256_broadcast_ss(src + p * in_ch + c);
+                    acc[p][0] = _mm256_fmadd_ps(a, w0, acc[p][0]);
+                    acc[p][1] = _mm256_fmadd_ps(a, w1, acc[p][1]);
+                }
+            }
+        }
+    for (int p = 0; p < n; p++) {
+        _mm256_storeu_ps(dst + (x0 + p) * out_ch + o, acc[p][0]);
+        _mm256_storeu_ps(dst + (x0 + p) * out_ch + o + 8, acc[p][1]);
+    }
+}
+
+/* in [batch][height][width][in_ch], w [3][3][in_ch][out_ch], out [batch][height][width][out_ch]
+ * with out_ch a multiple of 16; bias may be NULL (none). */
+void conv3x3_forward(long batch, long height, long width, long in_ch, long out_ch, const float *in, const float *w,
+                     const float *bias, float *out) {
+#pragma omp parallel
+    {
+        float ring_mem[4 * (width + 2) * in_ch];
+        memset(ring_mem, 0, sizeof ring_mem);
+        Rows ring;
+        rows_init(&ring, ring_mem, width, in_ch);
+#pragma omp for schedule(static)
+        for (long row = 0; row < batch * height; row++) {
+            const float *rows[3];
+            rows_get(&ring, in, row / height, row % height, height, width, in_ch, rows);
+            float *dst = out + row * width * out_ch;
+            for (long o = 0; o < out_ch; o += 16) {
+                long x0 = 0;
+                for (; x0 + TILE <= width; x0 += TILE) forward_tile(TILE, rows, x0, in_ch, out_ch, w, o, bias, dst);
+                switch (width - x0) { /* constant tile sizes keep the accumulators in registers */
+                    case 1: forward_tile(1, rows, x0, in_ch, out_ch, w, o, bias, dst); break;
+                    case 2: forward_tile(2, rows, x0, in_ch, out_ch, w, o, bias, dst); break;
+                    case 3: forward_tile(3, rows, x0, in_ch, out_ch, w, o, bias, dst); break;
+                    case 4: forward_tile(4, rows, x0, in_ch, out_ch, w, o, bias, dst); break;
+                    case 5: forward_tile(5, rows, x0, in_ch, out_ch, w, o, bias, dst); break;
+                }
+            }
+        }
+    }
+}
+
+/* One output row's products for the three kw taps of input channels c .. c + n - 1 and output
+ * channels o .. o + 15, added to sums[kw][c][o] (one kernel row's part of the [kh][kw][c][o] sums). */
+static inline __attribute__((always_inline)) void weight_grad_tile(const int n, const float *src, const float *grow,
+                                                                   long width, long in_ch, long out_ch, long c, long o,
+                                                                   float *sums) {
+    vec acc[3][2][2];
+    for (int kw = 0; kw < 3; kw++)
+        for (int j = 0; j < n; j++) acc[kw][j][0] = acc[kw][j][1] = _mm256_setzero_ps();
+    for (long x = 0; x < width; x++) {
+        vec g0 = _mm256_loadu_ps(grow + x * out_ch + o), g1 = _mm256_loadu_ps(grow + x * out_ch + o + 8);
+        for (int kw = 0; kw < 3; kw++)
+            for (int j = 0; j < n; j++) {
+                vec a = _mm256_broadcast_ss(src + (x + kw) * in_ch + c + j);
+                acc[kw][j][0] = _mm256_fmadd_ps(a, g0, acc[kw][j][0]);
+                acc[kw][j][1] = _mm256_fmadd_ps(a, g1, acc[kw][j][1]);
+            }
+    }
+    for (int kw = 0; kw < 3; kw++)
+        for (int j = 0; j < n; j++) {
+            float *p = sums + (kw * in_ch + c + j) * out_ch + o;
+            _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), acc[kw][j][0]));
+            _mm256_storeu_ps(p + 8, _mm256_add_ps(_mm256_loadu_ps(p + 8), acc[kw][j][1]));
+        }
+}
+
+static void weight_grad_row(const float *rows[3], const float *grow, long width, long in_ch, long out_ch,
+                            float *sums) {
+    for (int kh = 0; kh < 3; kh++)
+        for (long o = 0; o < out_ch; o += 16) {
+            float *kh_sums = sums + kh * 3 * in_ch * out_ch;
+            long c = 0;
+            for (; c + 2 <= in_ch; c += 2) weight_grad_tile(2, rows[kh], grow, width, in_ch, out_ch, c, o, kh_sums);
+            if (c < in_ch) weight_grad_tile(1, rows[kh], grow, width, in_ch, out_ch, c, o, kh_sums);
+        }
+    float *bias_sums = sums + 9 * in_ch * out_ch;
+    for (long o = 0; o < out_ch; o += 8) {
+        vec acc = _mm256_loadu_ps(bias_sums + o);
+        for (long x = 0; x < width; x++) acc = _mm256_add_ps(acc, _mm256_loadu_ps(grow + x * out_ch + o));
+        _mm256_storeu_ps(bias_sums + o, acc);
+    }
+}
+
+/* The weight and bias gradients from g [batch][height][width][out_ch], or, without g, from the rows
+ * of d z that `dz` computes one at a time (so that the full-resolution d z is never stored). */
+static int weight_grad(long batch, long height, long width, long in_ch, long out_ch, const float *in, const float *g,
+                       const DzRows *dz, float *dweight, float *dbias) {
+    long rows_total = batch * height, stripes = (rows_total + STRIPE - 1) / STRIPE, per = (9 * in_ch + 1) * out_ch;
+    float *stripe_sums = calloc((size_t)(stripes * per), sizeof(float));
+    if (!stripe_sums) return 1;
+#pragma omp parallel
+    {
+        float ring_mem[4 * (width + 2) * in_ch], g_row[dz ? width * out_ch : 1];
+        memset(ring_mem, 0, sizeof ring_mem);
+        Rows ring;
+        rows_init(&ring, ring_mem, width, in_ch);
+#pragma omp for schedule(static)
+        for (long s = 0; s < stripes; s++) {
+            long last = (s + 1) * STRIPE < rows_total ? (s + 1) * STRIPE : rows_total;
+            for (long row = s * STRIPE; row < last; row++) {
+                const float *rows[3], *grow = g ? g + row * width * out_ch : g_row;
+                if (dz) dz_row(dz, row, g_row);
+                rows_get(&ring, in, row / height, row % height, height, width, in_ch, rows);
+                weight_grad_row(rows, grow, width, in_ch, out_ch, stripe_sums + s * per);
+            }
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (long p = 0; p < per; p++)
+        for (long s = 1; s < stripes; s++) stripe_sums[p] += stripe_sums[s * per + p];
+    for (long o = 0; o < out_ch; o++) {
+        for (long c = 0; c < in_ch; c++)
+            for (int k = 0; k < 9; k++) dweight[(o * in_ch + c) * 9 + k] = stripe_sums[(k * in_ch + c) * out_ch + o];
+        dbias[o] = stripe_sums[9 * in_ch * out_ch + o];
+    }
+    free(stripe_sums);
+    return 0;
+}
+
+/* in [batch][height][width][in_ch], g [batch][height][width][out_ch] with out_ch a multiple of 16;
+ * dweight [out_ch][in_ch][3][3] (PyTorch's layout), dbias [out_ch]. Returns nonzero if out of memory. */
+int conv3x3_weight_grad(long batch, long height, long width, long in_ch, long out_ch, const float *in, const float *g,
+                        float *dweight, float *dbias) {
+    return weight_grad(batch, height, width, in_ch, out_ch, in, g, NULL, dweight, dbias);
+}
+
+/* A whole block's backward pass (convolution, then bn_pool_forward) when its input needs no
+ * gradient (the first block: images): bn_pool_backward's gradients and the convolution's,
+ * with each row of d z made where the weight gradient needs it. Arguments as for
+ * bn_pool_backward and conv3x3_weight_grad. */
+int block_backward_without_input_grad(long batch, long height, long width, long in_ch, long ch, float eps,
+                                      const float *in, const float *z, const float *gamma, const float *mean,
+                                      const float *var, const float *dout, const float *out, const uint8_t *argmax,
+                                      const float *z_at_max, float *row_sums, float *dweight, float *dbias,
+                                      float *dgamma, float *dbeta) {
+    float mem[5 * ch];
+    DzRows p = dz_rows(batch, height, width, ch, z, dout, out, argmax, mem);
+    bn_pool_backward_sums(&p, eps, gamma, mean, var, z_at_max, row_sums, dgamma, dbeta);
+    return weight_grad(batch, height, width, in_ch, ch, in, NULL, &p, dweight, dbias);
+}

@@ -300,7 +300,9 @@ def test_the_block_kernels_in_evaluation_mode_use_the_running_statistics():
     gamma, beta = torch.rand(16, generator=generator) - 0.3, torch.randn(16, generator=generator)
     running_mean, running_var = torch.randn(16, generator=generator), torch.rand(16, generator=generator) + 0.5
     arguments = (x, weight, bias, running_mean, running_var, gamma, beta)
+    before = running_mean.clone(), running_var.clone()
     with torch.no_grad():
         fused = fused_block.block(*arguments, False, 0.1, 1e-3)
         exact = pytorch_block(*(t.double() for t in arguments), False, 0.1, 1e-3)
     assert relative_error(fused.double(), exact) < 1e-6
+    assert torch.equal(running_mean, before[0]) and torch.equal(running_var, before[1])  # only read

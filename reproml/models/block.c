@@ -91,13 +91,12 @@ void bn_pool_forward(long batch, long height, long width, long ch, float eps, in
     double mean[ch], var[ch];
     if (batch_stats) {
         channel_stats(rows, width, ch, z, row_stats, mean, var);
+        for (long c = 0; c < ch; c++) stats_mean[c] = (float)mean[c], stats_var[c] = (float)var[c];
     } else {
         for (long c = 0; c < ch; c++) mean[c] = stats_mean[c], var[c] = stats_var[c];
     }
     float alpha[ch], shift[ch];
     for (long c = 0; c < ch; c++) {
-        stats_mean[c] = (float)mean[c];
-        stats_var[c] = (float)var[c];
         double invstd = 1.0 / __builtin_sqrt(var[c] + eps);
         alpha[c] = (float)(gamma[c] * invstd);
         shift[c] = (float)(beta[c] - mean[c] * gamma[c] * invstd);
@@ -137,21 +136,18 @@ void bn_pool_forward(long batch, long height, long width, long ch, float eps, in
  * d beta / n and d gamma / n; and the pooled tensors of the forward pass with d out. */
 typedef struct {
     long batch, height, width, ch;
-    const float *z, *dout, *out;
+    const float *z, *mean, *dout, *out;
     const uint8_t *argmax;
-    float *mean, *invstd, *alpha, *dbeta_n, *dgamma_n; /* ch floats each */
+    float *invstd, *alpha, *dbeta_n, *dgamma_n; /* ch floats each */
 } DzRows;
 
 /* d gamma, d beta and the rest of `p` (row_sums: room for batch * (height / 2) * ch * 2 floats). */
-static void bn_pool_backward_sums(DzRows *p, float eps, const float *gamma, const float *mean, const float *var,
-                                  const float *z_at_max, float *row_sums, float *dgamma, float *dbeta) {
+static void bn_pool_backward_sums(DzRows *p, float eps, const float *gamma, const float *var, const float *z_at_max,
+                                  float *row_sums, float *dgamma, float *dbeta) {
     long ch = p->ch, vecs = ch / 8, ho = p->height / 2, wo = p->width / 2, pooled_rows = p->batch * ho;
-    const float *dout = p->dout, *out = p->out;
+    const float *mean = p->mean, *dout = p->dout, *out = p->out;
     float *invstd = p->invstd;
-    for (long c = 0; c < ch; c++) {
-        p->mean[c] = mean[c];
-        invstd[c] = (float)(1.0 / __builtin_sqrt((double)var[c] + eps));
-    }
+    for (long c = 0; c < ch; c++) invstd[c] = (float)(1.0 / __builtin_sqrt((double)var[c] + eps));
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < pooled_rows; r++)
         for (long v = 0; v < vecs; v++) {
@@ -217,10 +213,10 @@ static void dz_row(const DzRows *p, long r, float *dzr) {
     }
 }
 
-/* mem: room for 5 ch floats */
-static DzRows dz_rows(long batch, long height, long width, long ch, const float *z, const float *dout,
-                      const float *out, const uint8_t *argmax, float *mem) {
-    DzRows p = {batch, height, width, ch, z, dout, out, argmax, mem, mem + ch, mem + 2 * ch, mem + 3 * ch, mem + 4 * ch};
+/* mem: room for 4 ch floats */
+static DzRows dz_rows(long batch, long height, long width, long ch, const float *z, const float *mean,
+                      const float *dout, const float *out, const uint8_t *argmax, float *mem) {
+    DzRows p = {batch, height, width, ch, z, mean, dout, out, argmax, mem, mem + ch, mem + 2 * ch, mem + 3 * ch};
     return p;
 }
 
@@ -228,9 +224,9 @@ void bn_pool_backward(long batch, long height, long width, long ch, float eps, c
                       const float *mean, const float *var, const float *dout, const float *out,
                       const uint8_t *argmax, const float *z_at_max, float *row_sums, float *dz, float *dgamma,
                       float *dbeta) {
-    float mem[5 * ch];
-    DzRows p = dz_rows(batch, height, width, ch, z, dout, out, argmax, mem);
-    bn_pool_backward_sums(&p, eps, gamma, mean, var, z_at_max, row_sums, dgamma, dbeta);
+    float mem[4 * ch];
+    DzRows p = dz_rows(batch, height, width, ch, z, mean, dout, out, argmax, mem);
+    bn_pool_backward_sums(&p, eps, gamma, var, z_at_max, row_sums, dgamma, dbeta);
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < batch * height; r++) dz_row(&p, r, dz + r * width * ch);
 }
@@ -418,8 +414,8 @@ int block_backward_without_input_grad(long batch, long height, long width, long 
                                       const float *var, const float *dout, const float *out, const uint8_t *argmax,
                                       const float *z_at_max, float *row_sums, float *dweight, float *dbias,
                                       float *dgamma, float *dbeta) {
-    float mem[5 * ch];
-    DzRows p = dz_rows(batch, height, width, ch, z, dout, out, argmax, mem);
-    bn_pool_backward_sums(&p, eps, gamma, mean, var, z_at_max, row_sums, dgamma, dbeta);
+    float mem[4 * ch];
+    DzRows p = dz_rows(batch, height, width, ch, z, mean, dout, out, argmax, mem);
+    bn_pool_backward_sums(&p, eps, gamma, var, z_at_max, row_sums, dgamma, dbeta);
     return weight_grad(batch, height, width, in_ch, ch, in, NULL, &p, dweight, dbias);
 }

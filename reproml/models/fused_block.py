@@ -47,18 +47,17 @@ def conv_kernel(x, taps, bias):
 
 
 def conv_forward(x, weight, bias):
-    """F.conv2d(x, weight, bias, padding=1) for channels-last x."""
+    """F.conv2d(x, weight, bias, padding=1), channels-last, for channels-last x."""
     if x.shape[1] % 16:  # the first convolution (3 input channels): oneDNN is faster
-        return F.conv2d(x, weight, bias, padding=1)
+        return channels_last(F.conv2d(x, weight, bias, padding=1))
     return conv_kernel(x, weight.permute(2, 3, 1, 0).contiguous(), bias.contiguous())
 
 
 def weight_grad(x, weight, grad_out):
     dweight, dbias = weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
     batch, in_ch, height, width = x.shape
-    if kernels.call(library().conv3x3_weight_grad, batch, height, width, in_ch, weight.shape[0], x, grad_out,
-                    dweight, dbias):
-        raise MemoryError("conv3x3_weight_grad: no memory for its partial sums")
+    kernels.call_allocating(library().conv3x3_weight_grad, batch, height, width, in_ch, weight.shape[0], x,
+                            grad_out, dweight, dbias)
     return dweight, dbias
 
 
@@ -105,10 +104,9 @@ class ConvBlock(torch.autograd.Function):
             dx, dweight, dbias = conv_backward(x, weight, dz)
         else:
             dx, dweight, dbias = None, weight.new_empty(weight.shape), weight.new_empty(ch)
-            if kernels.call(library().block_backward_without_input_grad, batch, height, width, x.shape[1], ch,
-                            ctx.eps, x, z, gamma, mean, var, dout, out, argmax, z_at_max, row_sums, dweight,
-                            dbias, dgamma, dbeta):
-                raise MemoryError("block_backward_without_input_grad: no memory for its partial sums")
+            kernels.call_allocating(library().block_backward_without_input_grad, batch, height, width, x.shape[1],
+                                    ch, ctx.eps, x, z, gamma, mean, var, dout, out, argmax, z_at_max, row_sums,
+                                    dweight, dbias, dgamma, dbeta)
         return dx, dweight, dbias, dgamma, dbeta, None
 
 
@@ -118,7 +116,7 @@ def evaluation_mode(x, weight, bias, running_mean, running_var, gamma, beta, eps
     batch, ch, height, width = z.shape
     out = z.new_empty(batch, height // 2, width // 2, ch).permute(0, 3, 1, 2)
     kernels.call(library().bn_pool_forward, batch, height, width, ch, eps, 0, z, gamma.contiguous(),
-                 beta.contiguous(), None, running_mean.clone(), running_var.clone(), out, None, None)
+                 beta.contiguous(), None, running_mean.contiguous(), running_var.contiguous(), out, None, None)
     return out
 
 

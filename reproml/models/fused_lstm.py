@@ -15,7 +15,7 @@ from torch.autograd.function import once_differentiable
 
 from reproml.models import kernels
 
-LANES, INPUTS, HIDDEN, GATES, STRIPE = 8, 22, 20, 80, 128
+LANES, INPUTS, HIDDEN, GATES = 8, 22, 20, 80
 PARAM_GRADS = GATES * INPUTS + GATES + HIDDEN * 2
 
 
@@ -25,7 +25,7 @@ def library():
     if lib is not None:
         n, ptr = ctypes.c_long, ctypes.c_void_p
         lib.lstm_forward.argtypes = [n] + [ptr] * 10
-        lib.lstm_backward.argtypes = [n] + [ptr] * 14
+        lib.lstm_backward.argtypes = [n] + [ptr] * 13
     return lib
 
 
@@ -61,9 +61,8 @@ class Layer1(torch.autograd.Function):
         dh_out, dcell_out, dprojected = (t.contiguous() for t in (dh_out, dcell_out, dprojected))
         dh, dcell = torch.empty_like(h), torch.empty_like(cell)
         param_grad = weight.new_empty(PARAM_GRADS)
-        stripe_sums = weight.new_empty(-(-blocks(n) // STRIPE), PARAM_GRADS)
-        kernels.call(library().lstm_backward, n, weight, proj, features, h, cell, gates, cell_out,
-             dh_out, dcell_out, dprojected, dh, dcell, param_grad, stripe_sums)
+        kernels.call_allocating(library().lstm_backward, n, weight, proj, features, h, cell, gates, cell_out,
+                                dh_out, dcell_out, dprojected, dh, dcell, param_grad)
         dweight, dbias, dproj = param_grad.split([GATES * INPUTS, GATES, HIDDEN * 2])
         return dweight.view(GATES, INPUTS), dbias, dproj.view(HIDDEN, 2), None, dh, dcell
 

@@ -87,3 +87,9 @@ def call(kernel, *args):
     """Tensors are passed as raw pointers: they must be contiguous, of the kernel's element type,
     and stay alive meanwhile. Returns what the kernel returns."""
     return kernel(*(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args))
+
+
+def call_allocating(kernel, *args):
+    """`call` for a kernel that allocates its own partial sums and returns nonzero when it cannot."""
+    if call(kernel, *args):
+        raise MemoryError(f"{kernel.__name__}: no memory for its partial sums")

@@ -25,6 +25,7 @@
  * thread count instead of competing with it for the cores. */
 
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define IN 22
@@ -196,13 +197,15 @@ static void backward_blocks(long n, long first, long last, const float *weight, 
 }
 
 /* The parameter gradients are summed per stripe of STRIPE blocks, then over the stripes in
- * order: the same numbers whatever the number of threads. `param_grad` holds the result, and
- * `stripe_sums` room for (blocks + STRIPE - 1) / STRIPE partial sums. */
-void lstm_backward(long n, const float *weight, const float *proj, const float *features,
-                   const float *h, const float *cell, const float *gates, const float *cell_out,
-                   const float *dh_out, const float *dcell_out, const float *dprojected,
-                   float *dh, float *dcell, float *param_grad, float *stripe_sums) {
+ * order: the same numbers whatever the number of threads. `param_grad` holds the result.
+ * Returns nonzero if there is no memory for the stripes' partial sums. */
+int lstm_backward(long n, const float *weight, const float *proj, const float *features,
+                  const float *h, const float *cell, const float *gates, const float *cell_out,
+                  const float *dh_out, const float *dcell_out, const float *dprojected,
+                  float *dh, float *dcell, float *param_grad) {
     long blocks = (n + L - 1) / L, stripes = (blocks + STRIPE - 1) / STRIPE;
+    float *stripe_sums = malloc((size_t)(stripes * PARAM_GRADS) * sizeof(float));
+    if (!stripe_sums) return 1;
 #pragma omp parallel for schedule(static)
     for (long s = 0; s < stripes; s++) {
         long last = (s + 1) * STRIPE < blocks ? (s + 1) * STRIPE : blocks;
@@ -214,4 +217,6 @@ void lstm_backward(long n, const float *weight, const float *proj, const float *
         for (long s = 0; s < stripes; s++) sum += stripe_sums[s * PARAM_GRADS + p];
         param_grad[p] = sum;
     }
+    free(stripe_sums);
+    return 0;
 }

@@ -20,7 +20,6 @@ COLUMNS = ["dataset", "eval_dataset", "setting", "n_way", "k_shot", "image_pool"
            "paper_mean", "paper_ci95", "comp6248_mean", "verdict"]
 
 
-
 def fmt(value, digits=2):
     """Numbers for tables: fixed digits, an en dash where there is none."""
     if value is None or pd.isna(value):
@@ -33,6 +32,7 @@ def mean_ci(mean, ci95, signed=False):
     if mean is None or pd.isna(mean):
         return "–"
     return (f"{mean:+.2f}" if signed else f"{mean:.2f}") + f" ± {fmt(ci95)}"
+
 
 def published_lookup(path):
     published = yaml.safe_load(Path(path).read_text())

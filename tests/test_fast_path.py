@@ -1,8 +1,8 @@
 """The package's fast path against the straightforward reference (`tests/reference.py`): the
 same meta-gradients on the same episode and the same predictions on the same test episodes.
 The fast path runs with PyTorch's operations only and with the compiled CPU kernels
-(`reproml/models/kernels.py`: the meta-learner's first layer, the convolutions' backward passes
-and forward passes after the first, each block's BatchNorm, pooling and ReLU); both are checked.
+(`reproml/models/kernels.py`: the meta-learner's first layer, each learner block's convolution,
+BatchNorm, pooling and ReLU, forward and backward); both are checked.
 
 Both paths run on channels-last images. The memory format alone changes the convolutions'
 summation order, and the meta-gradient is sensitive to that: the learner's near-zero gradient
@@ -203,7 +203,7 @@ def test_the_lstm_kernel_saturates_like_pytorch():
 def test_the_convolution_kernels_give_the_output_and_all_gradients(batch, in_ch, side, out_ch):
     """Against float64: the kernels sum in another order than oneDNN (and measure closer to
     float64 than oneDNN here: about 1e-6 against 5e-6 relative at 84x84). With 3 input channels
-    (the images) the forward pass is oneDNN's and no input gradient is computed."""
+    (the images) no input gradient is computed."""
     needs_kernels()
     generator = torch.Generator().manual_seed(batch * side)
     x = torch.rand(batch, in_ch, side, side, generator=generator, dtype=torch.float64).requires_grad_()
@@ -216,17 +216,18 @@ def test_the_convolution_kernels_give_the_output_and_all_gradients(batch, in_ch,
     x32, grad_out32 = (fused_block.channels_last(t.detach().float()) for t in (x, grad_out))
     weight32, bias32 = weight.detach().float(), bias.detach().float()
     got = dict(zip(["d weight", "d bias"], fused_block.weight_grad(x32, weight32, grad_out32)))
+    got["output"] = fused_block.conv_forward(x32, weight32, bias32)
     if in_ch % 16 == 0:
-        got["output"] = fused_block.conv_forward(x32, weight32, bias32)
         got["d input"] = fused_block.conv_backward(x32, weight32, grad_out32)[0]
     for name, value in got.items():
         assert relative_error(value.double(), exact[name]) < 1e-5, name
 
 
-def identity_taps(ch):
-    """A convolution whose output is its input, exactly: the block's kernels then see chosen z."""
-    weight = torch.zeros(ch, ch, 3, 3)
-    weight[range(ch), range(ch), 1, 1] = 1
+def identity_taps(ch, in_ch):
+    """A convolution whose output channel o is input channel o % in_ch, exactly: the block's
+    kernels then see chosen z."""
+    weight = torch.zeros(ch, in_ch, 3, 3)
+    weight[range(ch), [o % in_ch for o in range(ch)], 1, 1] = 1
     return weight
 
 
@@ -238,41 +239,41 @@ def pytorch_block(x, weight, bias, running_mean, running_var, gamma, beta, train
 
 def block_results(block, x, weight, bias, gamma, beta, outside):
     """Output, running statistics and gradients of a block in training mode (the input's
-    gradient where it has more than 3 channels)."""
+    gradient unless it is images: at most 4 channels)."""
+    images = x.shape[1] <= 4
     inputs = [t.clone().requires_grad_() for t in (x, weight, gamma, beta)]
-    if x.shape[1] == 3:
-        inputs[0].requires_grad_(False)
+    inputs[0].requires_grad_(not images)
     running_mean, running_var = torch.zeros_like(gamma), torch.ones_like(gamma)
     out = block(inputs[0], inputs[1], bias, running_mean, running_var, inputs[2], inputs[3], True, 0.1, 1e-3)
     if block is fused_block.block:
-        assert out.grad_fn.name() == "ConvBlockBackward"
+        assert out.grad_fn.name() == ("FirstBlockBackward" if images else "ConvBlockBackward")
     grads = torch.autograd.grad((out * outside).sum(), [t for t in inputs if t.requires_grad])
     return [t.detach().double() for t in (out, running_mean, running_var, *grads)]
 
 
 @pytest.mark.parametrize("batch, in_ch, ch, side, ties", [
-    (5, 3, 32, 84, False), (2, 3, 16, 9, False), (3, 16, 16, 21, False), (2, 32, 32, 7, False), (4, 32, 32, 42, True),
-    (2, 16, 16, 10, True)])
+    (5, 3, 32, 84, False), (2, 3, 16, 9, False), (3, 1, 16, 11, False), (2, 4, 32, 8, False), (3, 3, 16, 10, True),
+    (3, 16, 16, 21, False), (2, 32, 32, 7, False), (4, 32, 32, 42, True), (2, 16, 16, 10, True)])
 def test_the_block_kernels_give_values_gradients_and_running_statistics(batch, in_ch, ch, side, ties):
     """Convolution, BatchNorm, pooling and ReLU against PyTorch's operations in float64, gamma of
     both signs (a negative one pools the smallest z). With `ties` the convolution passes its
     input through and every window holds four equal values: the gradient must go to the first,
-    as PyTorch's pooling sends it. The first block (3 input channels) runs the backward pass that
-    never stores d z."""
+    as PyTorch's pooling sends it. Images (1 to 4 channels) take the first block's way: statistics
+    from the patches' moments, z never stored."""
     needs_kernels()
     generator = torch.Generator().manual_seed(side)
     x = torch.randn(batch, in_ch, side, side, generator=generator) * 2 + 0.5
     weight, bias = torch.randn(ch, in_ch, 3, 3, generator=generator) * 0.2, torch.randn(ch, generator=generator)
     if ties:
         x = x[:, :, ::2, ::2].repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
-        weight, bias = identity_taps(ch), torch.zeros(ch)
+        weight, bias = identity_taps(ch, in_ch), torch.zeros(ch)
     x = x.contiguous(memory_format=torch.channels_last)
     gamma, beta = torch.rand(ch, generator=generator) - 0.3, torch.randn(ch, generator=generator) * 0.1
     outside = torch.randn(batch, ch, side // 2, side // 2, generator=generator)
     fused = block_results(fused_block.block, x, weight, bias, gamma, beta, outside)
     exact = block_results(pytorch_block, *(t.double() for t in (x, weight, bias, gamma, beta, outside)))
     pytorch = block_results(pytorch_block, x, weight, bias, gamma, beta, outside)
-    names = ["output", "running mean", "running var"] + ["d x"] * (in_ch != 3) + ["d weight", "d gamma", "d beta"]
+    names = ["output", "running mean", "running var"] + ["d x"] * (in_ch > 4) + ["d weight", "d gamma", "d beta"]
     for name, got, want, float32 in zip(names, fused, exact, pytorch, strict=True):
         # d weight sums d z * x over every pixel, and d z sums to zero per channel: the sum cancels
         # and float32 rounding shows (PyTorch's own float32 result is about 4e-4 off at 84x84)
@@ -292,11 +293,12 @@ def test_the_block_kernels_give_the_same_numbers_on_any_number_of_threads(in_ch,
         lambda: block_results(fused_block.block, x, weight, bias, gamma, beta, outside))
 
 
-def test_the_block_kernels_in_evaluation_mode_use_the_running_statistics():
+@pytest.mark.parametrize("in_ch", [16, 3])
+def test_the_block_kernels_in_evaluation_mode_use_the_running_statistics(in_ch):
     needs_kernels()
     generator = torch.Generator().manual_seed(4)
-    x = torch.randn(6, 16, 21, 21, generator=generator).contiguous(memory_format=torch.channels_last)
-    weight, bias = torch.randn(16, 16, 3, 3, generator=generator) * 0.2, torch.randn(16, generator=generator)
+    x = torch.randn(6, in_ch, 21, 21, generator=generator).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(16, in_ch, 3, 3, generator=generator) * 0.2, torch.randn(16, generator=generator)
     gamma, beta = torch.rand(16, generator=generator) - 0.3, torch.randn(16, generator=generator)
     running_mean, running_var = torch.randn(16, generator=generator), torch.rand(16, generator=generator) + 0.5
     arguments = (x, weight, bias, running_mean, running_var, gamma, beta)
@@ -306,3 +308,32 @@ def test_the_block_kernels_in_evaluation_mode_use_the_running_statistics():
         exact = pytorch_block(*(t.double() for t in arguments), False, 0.1, 1e-3)
     assert relative_error(fused.double(), exact) < 1e-6
     assert torch.equal(running_mean, before[0]) and torch.equal(running_var, before[1])  # only read
+
+
+def test_the_patch_moments_are_exact_sums_of_the_images_patches():
+    needs_kernels()
+    generator = torch.Generator().manual_seed(5)
+    x = torch.rand(3, 3, 13, 10, generator=generator)
+    sums, gram = fused_block.patch_moments(x.contiguous(memory_format=torch.channels_last))
+    # one row per output position, values in [kh][kw][channel] order
+    patches = F.unfold(x.double(), 3, padding=1).view(3, 3, 9, -1).permute(0, 3, 2, 1).reshape(-1, 27)
+    torch.testing.assert_close(sums, patches.sum(0), rtol=1e-12, atol=0)
+    torch.testing.assert_close(gram, patches.T @ patches, rtol=1e-12, atol=0)
+
+
+def test_the_first_block_statistics_keep_their_precision_when_the_output_barely_varies():
+    """Images far from zero (100 plus noise of 0.01) through 1x1 filters (only the centre taps:
+    no padding at the borders to make z vary): z's variance is 1e-10 of its squared mean, a
+    small difference of large moments, which double precision still gives to 1e-5 (with the
+    moments summed in float32 it would be noise)."""
+    needs_kernels()
+    generator = torch.Generator().manual_seed(6)
+    x = 100 + 0.01 * torch.rand(4, 3, 84, 84, generator=generator)
+    weight = torch.zeros(16, 3, 3, 3)
+    weight[:, :, 1, 1] = torch.rand(16, 3, generator=generator)
+    bias, gamma, beta = torch.zeros(16), torch.ones(16), torch.zeros(16)
+    _, mean, var = fused_block.FirstBlock.apply(x.contiguous(memory_format=torch.channels_last), weight, bias, gamma,
+                                                beta, 1e-3, None)
+    z = F.conv2d(x.double(), weight.double(), padding=1)
+    assert relative_error(mean.double(), z.mean((0, 2, 3))) < 1e-7
+    assert relative_error(var.double(), z.var((0, 2, 3), unbiased=False)) < 1e-5

@@ -38,12 +38,14 @@ def adapt(meta, learner, settings, support_x, support_y, gates=None):
     support_x = support_x.contiguous(memory_format=torch.channels_last)  # once, not at every update
     c, state = meta.cI, meta.initial_state()
     divide_by_batch = not settings.has("no_grad_batch_division")
+    batches = [(support_x[start:start + settings.batch_size], support_y[start:start + settings.batch_size])
+               for start in range(0, len(support_x), settings.batch_size)]
+    moments = [learner.image_moments(x) for x, _ in batches]  # each batch recurs every epoch
     for _ in range(settings.epochs):
-        for start in range(0, len(support_x), settings.batch_size):
-            x, y = support_x[start:start + settings.batch_size], support_y[start:start + settings.batch_size]
+        for (x, y), x_moments in zip(batches, moments):
             theta = c.detach().requires_grad_()
             with torch.enable_grad():
-                loss = F.cross_entropy(learner(theta, x, bn_stats, True, settings.bn_momentum), y)
+                loss = F.cross_entropy(learner(theta, x, bn_stats, True, settings.bn_momentum, x_moments), y)
                 (grad,) = torch.autograd.grad(loss, theta)
             if divide_by_batch:
                 grad = grad / len(x)

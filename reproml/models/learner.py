@@ -92,19 +92,25 @@ class Learner:
         f = self.spec.filters
         return [(torch.zeros(f, device=device), torch.ones(f, device=device)) for _ in range(self.spec.blocks)]
 
-    def features(self, flat, x, bn_stats, training, momentum):
+    def image_moments(self, x):
+        """What the first block computes from images x alone: for a batch seen at every step,
+        compute it once and pass it as `image_moments` (fused_block.image_moments)."""
+        return fused_block.image_moments(x, self.spec.filters)
+
+    def features(self, flat, x, bn_stats, training, momentum, image_moments=None):
         """The flattened output of the last block. In training mode BN normalises with the
         batch's statistics and updates `bn_stats` in place; otherwise it uses `bn_stats`.
         Each block runs as compiled kernels where it can (fused_block)."""
         params = self.unflatten(flat)
-        x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's faster layout for these small convolutions
+        x = x.contiguous(memory_format=torch.channels_last)  # the kernels' layout, and oneDNN's faster one here
         for b, (mean, var) in enumerate(bn_stats):
             conv_w, conv_b, bn_w, bn_b = params[4 * b: 4 * b + 4]
-            x = fused_block.block(x, conv_w, conv_b, mean, var, bn_w, bn_b, training, momentum, self.spec.bn_eps)
+            x = fused_block.block(x, conv_w, conv_b, mean, var, bn_w, bn_b, training, momentum, self.spec.bn_eps,
+                                  image_moments if b == 0 else None)
         return x.flatten(1)
 
-    def forward(self, flat, x, bn_stats, training, momentum):
+    def forward(self, flat, x, bn_stats, training, momentum, image_moments=None):
         head_w, head_b = self.unflatten(flat)[-2:]
-        return F.linear(self.features(flat, x, bn_stats, training, momentum), head_w, head_b)
+        return F.linear(self.features(flat, x, bn_stats, training, momentum, image_moments), head_w, head_b)
 
     __call__ = forward

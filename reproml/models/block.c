@@ -16,9 +16,8 @@
  * (pixels outside the image are zero); with flipped, transposed weights the forward pass is also
  * the input's gradient. Both walk output rows; the three input rows a row needs are copied, with
  * a zero pixel at each end standing in for the padding, into a ring that copies each input row
- * once per image. Register tiles: 6 output pixels x 16 output channels (forward), 3 taps x 2
- * input channels x 16 output channels (weight gradient), each fed by one broadcast per
- * multiply-add pair, as in a matrix-multiply kernel.
+ * once per image. Register tiles: 6 output pixels x 16 output channels (forward), 3 taps x 32
+ * output channels (weight gradient), as in a matrix-multiply kernel.
  *
  * BatchNorm, pooling and ReLU: layout z[b][y][x][c] with `ch` a multiple of 8 (one vector per 8
  * channels); pooled tensors [b][yo][xo][c] with yo < height / 2, xo < width / 2 (PyTorch's floor
@@ -342,40 +341,48 @@ void conv3x3_forward(long batch, long height, long width, long in_ch, long out_c
     }
 }
 
-/* One output row's products for the three kw taps of input channels c .. c + n - 1 and output
- * channels o .. o + 15, added to sums[kw][c][o] (one kernel row's part of the [kh][kw][c][o] sums). */
-static inline __attribute__((always_inline)) void weight_grad_tile(const int n, const float *src, const float *grow,
-                                                                   long width, long in_ch, long out_ch, long c, long o,
-                                                                   float *sums) {
-    vec acc[3][2][2];
+/* One output row's products for the three kw taps of input channels c .. c + nc - 1 and output
+ * channels o .. o + 8 nv - 1, added to sums[kw][c][o] (one kernel row's part of the [kh][kw][c][o]
+ * sums). 32 output channels at a time (nc 1, nv 4) take 7 loads per 12 multiply-adds; a last 16
+ * take two input channels (nc 2, nv 2), 8 loads per 12. */
+static inline __attribute__((always_inline)) void weight_grad_tile(const int nc, const int nv, const float *src,
+                                                                   const float *grow, long width, long in_ch,
+                                                                   long out_ch, long c, long o, float *sums) {
+    vec acc[3][2][4];
     for (int kw = 0; kw < 3; kw++)
-        for (int j = 0; j < n; j++) acc[kw][j][0] = acc[kw][j][1] = _mm256_setzero_ps();
+        for (int j = 0; j < nc; j++)
+            for (int v = 0; v < nv; v++) acc[kw][j][v] = _mm256_setzero_ps();
     for (long x = 0; x < width; x++) {
-        vec g0 = _mm256_loadu_ps(grow + x * out_ch + o), g1 = _mm256_loadu_ps(grow + x * out_ch + o + 8);
+        vec g[4];
+        for (int v = 0; v < nv; v++) g[v] = _mm256_loadu_ps(grow + x * out_ch + o + 8 * v);
         for (int kw = 0; kw < 3; kw++)
-            for (int j = 0; j < n; j++) {
+            for (int j = 0; j < nc; j++) {
                 vec a = _mm256_broadcast_ss(src + (x + kw) * in_ch + c + j);
-                acc[kw][j][0] = _mm256_fmadd_ps(a, g0, acc[kw][j][0]);
-                acc[kw][j][1] = _mm256_fmadd_ps(a, g1, acc[kw][j][1]);
+                for (int v = 0; v < nv; v++) acc[kw][j][v] = _mm256_fmadd_ps(a, g[v], acc[kw][j][v]);
             }
     }
     for (int kw = 0; kw < 3; kw++)
-        for (int j = 0; j < n; j++) {
-            float *p = sums + (kw * in_ch + c + j) * out_ch + o;
-            _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), acc[kw][j][0]));
-            _mm256_storeu_ps(p + 8, _mm256_add_ps(_mm256_loadu_ps(p + 8), acc[kw][j][1]));
-        }
+        for (int j = 0; j < nc; j++)
+            for (int v = 0; v < nv; v++) {
+                float *p = sums + (kw * in_ch + c + j) * out_ch + o + 8 * v;
+                _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), acc[kw][j][v]));
+            }
 }
 
 static void weight_grad_row(const float *rows[3], const float *grow, long width, long in_ch, long out_ch,
                             float *sums) {
-    for (int kh = 0; kh < 3; kh++)
-        for (long o = 0; o < out_ch; o += 16) {
-            float *kh_sums = sums + kh * 3 * in_ch * out_ch;
+    for (int kh = 0; kh < 3; kh++) {
+        float *kh_sums = sums + kh * 3 * in_ch * out_ch;
+        long o = 0;
+        for (; o + 32 <= out_ch; o += 32)
+            for (long c = 0; c < in_ch; c++)
+                weight_grad_tile(1, 4, rows[kh], grow, width, in_ch, out_ch, c, o, kh_sums);
+        if (o < out_ch) {
             long c = 0;
-            for (; c + 2 <= in_ch; c += 2) weight_grad_tile(2, rows[kh], grow, width, in_ch, out_ch, c, o, kh_sums);
-            if (c < in_ch) weight_grad_tile(1, rows[kh], grow, width, in_ch, out_ch, c, o, kh_sums);
+            for (; c + 2 <= in_ch; c += 2) weight_grad_tile(2, 2, rows[kh], grow, width, in_ch, out_ch, c, o, kh_sums);
+            if (c < in_ch) weight_grad_tile(1, 2, rows[kh], grow, width, in_ch, out_ch, c, o, kh_sums);
         }
+    }
     float *bias_sums = sums + 9 * in_ch * out_ch;
     for (long o = 0; o < out_ch; o += 8) {
         vec acc = _mm256_loadu_ps(bias_sums + o);

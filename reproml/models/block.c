@@ -248,7 +248,7 @@ void bn_pool_backward(long batch, long height, long width, long ch, float eps, c
 }
 
 #define TILE 6    /* output pixels per forward register tile */
-#define STRIPE 32 /* output rows per partial sum of the weight gradient */
+#define STRIPE 32 /* rows per partial sum (then added over the stripes in order) */
 
 typedef struct {
     float *slot[3]; /* input row iy, padded, lives in slot iy % 3 */
@@ -256,11 +256,17 @@ typedef struct {
     float *zeros;   /* the rows above and below the image */
 } Rows;
 
-/* mem: room for 4 (width + 2) ch floats, zeroed */
+/* mem: room for 4 (width + 2) ch floats; zeroed here (the padding pixels and the zero row) */
 static void rows_init(Rows *r, float *mem, long width, long ch) {
     long n = (width + 2) * ch;
+    memset(mem, 0, (size_t)(4 * n) * sizeof(float));
     for (int i = 0; i < 3; i++) r->slot[i] = mem + i * n, r->tag[i] = -1;
     r->zeros = mem + 3 * n;
+}
+
+/* The end of stripe s of STRIPE rows out of `total`. */
+static long stripe_end(long s, long total) {
+    return (s + 1) * STRIPE < total ? (s + 1) * STRIPE : total;
 }
 
 /* Padded input rows y - 1, y, y + 1 of image b: rows[kh][(x + 1) * ch + c] = in[b][y + kh - 1][x][c]. */
@@ -329,7 +335,6 @@ void conv3x3_forward(long batch, long height, long width, long in_ch, long out_c
 #pragma omp parallel
     {
         float ring_mem[4 * (width + 2) * in_ch];
-        memset(ring_mem, 0, sizeof ring_mem);
         Rows ring;
         rows_init(&ring, ring_mem, width, in_ch);
 #pragma omp for schedule(static)
@@ -401,12 +406,11 @@ int conv3x3_weight_grad(long batch, long height, long width, long in_ch, long ou
 #pragma omp parallel
     {
         float ring_mem[4 * (width + 2) * in_ch];
-        memset(ring_mem, 0, sizeof ring_mem);
         Rows ring;
         rows_init(&ring, ring_mem, width, in_ch);
 #pragma omp for schedule(static)
         for (long s = 0; s < stripes; s++) {
-            long last = (s + 1) * STRIPE < rows_total ? (s + 1) * STRIPE : rows_total;
+            long last = stripe_end(s, rows_total);
             for (long row = s * STRIPE; row < last; row++) {
                 const float *rows[3], *grow = g + row * width * out_ch;
                 rows_get(&ring, in, row / height, row % height, height, width, in_ch, rows);
@@ -498,7 +502,7 @@ int patch_moments(long batch, long height, long width, long in_ch, const float *
 #pragma omp for schedule(static)
         for (long s = 0; s < stripes; s++) {
             double *part = stripe_sums + s * MOMENTS;
-            long last = (s + 1) * STRIPE < rows_total ? (s + 1) * STRIPE : rows_total;
+            long last = stripe_end(s, rows_total);
             for (long row = s * STRIPE; row < last; row++) {
                 long u = row % height;
                 const double *r[3];
@@ -583,7 +587,6 @@ void first_block_forward(long batch, long height, long width, long in_ch, long c
 #pragma omp parallel
     {
         float ring_mem[4 * (width + 2) * in_ch], zrows[2 * width * ch];
-        memset(ring_mem, 0, sizeof ring_mem);
         Rows ring;
         rows_init(&ring, ring_mem, width, in_ch);
 #pragma omp for schedule(static)
@@ -616,7 +619,7 @@ static int sum_patches_at_max(const DzRows *p, long in_ch, const float *in, floa
         memset(rows, 0, sizeof rows);
 #pragma omp for schedule(static)
         for (long s = 0; s < stripes; s++) {
-            long last = (s + 1) * STRIPE < pooled_rows ? (s + 1) * STRIPE : pooled_rows;
+            long last = stripe_end(s, pooled_rows);
             for (long r = s * STRIPE; r < last; r++) {
                 long b = r / ho, y0 = 2 * (r % ho) - 1;
                 for (int i = 0; i < 4; i++) {

@@ -55,9 +55,14 @@ def conv_kernel(x, taps, bias):
     return out.permute(0, 3, 1, 2)  # channels-last (batch, out, height, width)
 
 
+def kernel_layout(weight):
+    """A convolution's weight [out][in][3][3] in the kernels' layout, [3][3][in][out]."""
+    return weight.permute(2, 3, 1, 0).contiguous()
+
+
 def conv_forward(x, weight, bias):
     """F.conv2d(x, weight, bias, padding=1), channels-last, for channels-last x."""
-    return conv_kernel(x, weight.permute(2, 3, 1, 0).contiguous(), bias.contiguous())
+    return conv_kernel(x, kernel_layout(weight), bias.contiguous())
 
 
 def weight_grad(x, weight, grad_out):
@@ -139,7 +144,7 @@ class FirstBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, gamma, beta, eps, moments):
         x, bias, gamma, beta = channels_last(x), bias.contiguous(), gamma.contiguous(), beta.contiguous()
-        taps = weight.permute(2, 3, 1, 0).contiguous()
+        taps = kernel_layout(weight)
         sums, gram = patch_moments(x) if moments is None else moments
         batch, in_ch, height, width = x.shape
         ch = weight.shape[0]
@@ -171,9 +176,8 @@ def evaluation_mode(x, weight, bias, running_mean, running_var, gamma, beta, eps
     ch = weight.shape[0]
     out = x.new_empty(batch, height // 2, width // 2, ch).permute(0, 3, 1, 2)
     if is_first_block(x):
-        kernels.call(library().first_block_forward, batch, height, width, in_ch, ch, eps, x,
-                     weight.permute(2, 3, 1, 0).contiguous(), bias, gamma, beta, None, None, running_mean,
-                     running_var, out, None, None)
+        kernels.call(library().first_block_forward, batch, height, width, in_ch, ch, eps, x, kernel_layout(weight),
+                     bias, gamma, beta, None, None, running_mean, running_var, out, None, None)
     else:
         kernels.call(library().bn_pool_forward, batch, height, width, ch, eps, 0, conv_forward(x, weight, bias), gamma,
                      beta, None, running_mean, running_var, out, None, None)

@@ -8,6 +8,9 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/meta_lstm.smk"
@@ -32,3 +35,4 @@ rule all:
         "results/report/report.html",
         "results/report/report.tex",
         ["results/report/report.pdf"] if LATEXMK else [],
+        rules.publish_report.output if "publish" in config else [],

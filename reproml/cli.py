@@ -1,4 +1,4 @@
-"""The `reproml` command line: describe, prepare, train, pretrain, select-finetune, evaluate, report.
+"""The `reproml` command line: describe, prepare, train, pretrain, select-finetune, evaluate, report, publish.
 
 A mistake in the input (a path, a file, a value) ends with one line on stderr naming the
 culprit and exit status 2; an interruption with status 130 and a hint to rerun (training resumes).
@@ -112,9 +112,12 @@ def aggregate(args):
 
 
 def figures(args):
-    from reproml.report.figures import curve_figures, gate_figures
+    from reproml.report.figures import accuracy_figure, curve_figures, gate_figures
 
-    for path in curve_figures(args.runs, args.out) + gate_figures(args.gates, args.out):
+    written = curve_figures(args.runs, args.out) + gate_figures(args.gates, args.out)
+    if args.summary:
+        written.append(accuracy_figure(args.summary, args.published, args.out))
+    for path in written:
         print(f"wrote {path}")
 
 
@@ -124,6 +127,13 @@ def report(args):
     render_report(args.templates, args.summary, args.manifest, args.figures, args.benchmarks, json.loads(args.config_json),
                   args.configfiles, args.runs, args.evals, args.pretrain_runs, args.published, args.out)
     print(f"wrote {args.out}/report.html and {args.out}/report.tex")
+
+
+def publish(args):
+    from reproml.report.publish import publish
+
+    publish(args.files, args.figures, json.loads(args.config_json), args.configfiles, args.out)
+    print(f"wrote {args.out}")
 
 
 def bench(args):
@@ -235,6 +245,8 @@ def parser():
     f = sub.add_parser("figures", help="validation curves and gate values, PNGs per setting")
     f.add_argument("runs", nargs="+", help="run.json files written by 'reproml train'")
     f.add_argument("--gates", nargs="*", default=[], help="gates.csv files written by 'reproml evaluate'")
+    f.add_argument("--summary", help="results/summary.csv, for the accuracy figure (accuracy.png) beside --published")
+    f.add_argument("--published", help="published-results.yaml (with --summary)")
     f.add_argument("--out", required=True)
     f.set_defaults(run=figures)
 
@@ -252,6 +264,14 @@ def parser():
     r.add_argument("--published", required=True, help="published-results.yaml (for the claims)")
     r.add_argument("--out", required=True)
     r.set_defaults(run=report)
+
+    pb = sub.add_parser("publish", help="copy a rendered report, its figures and its configuration into a folder")
+    pb.add_argument("files", nargs="+", help="the report's files (HTML, PDF, summary.csv)")
+    pb.add_argument("--figures", nargs="*", default=[])
+    pb.add_argument("--config-json", required=True)
+    pb.add_argument("--configfiles", default="config/config.yaml")
+    pb.add_argument("--out", required=True)
+    pb.set_defaults(run=publish)
 
     b = sub.add_parser("bench", help="seconds per episode on random data, beside the matrix-multiply rate")
     b.add_argument("--settings", default="5w1s,5w5s,10w10s,10w20s", help="comma-separated, e.g. 5w1s,5w5s")

@@ -10,6 +10,7 @@ import jsonschema
 import yaml
 
 from reproml.errors import UserError
+from reproml.settings import PAPER_PRETRAIN_STEPS, paper_iterations, scaled_budget
 
 
 def key_path(path):
@@ -23,7 +24,7 @@ def describe_error(error):
         allowed = ", ".join(error.schema.get("properties", {}))
         return f"config: unknown key {'.'.join([*map(str, error.absolute_path), unknown[0]])!r}; " \
                f"expected one of {allowed}"
-    if error.validator == "anyOf" and "description" in error.schema:
+    if error.validator in ("anyOf", "pattern") and "description" in error.schema:
         return f"config: {where}: {error.instance!r} is not valid; expected {error.schema['description']}"
     return f"config: {where}: {error.message}"
 
@@ -57,6 +58,17 @@ def check_dataset(dataset, key):
             raise UserError(f"config: {key}.root: {dataset['root']} does not exist")
 
 
+def fill_budgets(config):
+    """The training budgets a config leaves out: the paper's times `budget_fraction` (one factor for
+    meta-training and pre-training alike, so the methods keep the paper's ratio); the baselines'
+    seeds: the run's."""
+    fraction = config["budget_fraction"]
+    for setting in config["settings"].values():
+        setting.setdefault("iterations", scaled_budget(fraction, paper_iterations(setting["k_shot"])))
+    config["baselines"]["pretrain"].setdefault("steps", scaled_budget(fraction, PAPER_PRETRAIN_STEPS))
+    config["baselines"].setdefault("seeds", list(config["seeds"]))
+
+
 def validate_config(config, schema_path):
     """Check `config` in place, fill its defaults, and return it; raise UserError on a mistake."""
     schema = yaml.safe_load(Path(schema_path).read_text())
@@ -64,6 +76,10 @@ def validate_config(config, schema_path):
     if error is not None:
         raise UserError(describe_error(error))
     fill_defaults(config, schema, schema)
+    fill_budgets(config)
+    if "publish" in config and Path(config["publish"]).parts[0] == "results":
+        raise UserError(f"config: publish: {config['publish']!r} is inside results/, the pipeline's own outputs; "
+                        "expected a folder of its own, such as reports/NAME")
     check_dataset(config["dataset"], "dataset")
     names = [config["dataset"]["name"]]
     for i, dataset in enumerate(config["transfer"]):

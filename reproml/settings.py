@@ -19,6 +19,24 @@ DEVIATIONS = {
 }
 
 
+# The original code's budgets (config/paper.yaml). A run's `budget_fraction` scales the training
+# budgets (meta-training episodes, pre-training steps) by one factor, so that the methods keep the
+# paper's ratio between them.
+PAPER_PRETRAIN_STEPS = 30000
+PAPER_TEST_EPISODES = 600
+PAPER_VALIDATION = {"every": 1000, "episodes": 100}
+
+
+def paper_iterations(k_shot):
+    """Meta-training episodes of the original: 75,000 for 1-shot, 50,000 for 5-shot and larger."""
+    return 75000 if k_shot == 1 else 50000
+
+
+def scaled_budget(fraction, paper_budget):
+    """`fraction` of a budget of the paper's, rounded, at least 1."""
+    return max(1, round(fraction * paper_budget))
+
+
 def shot_defaults(k_shot):
     """The original's inner-loop settings: 1-shot batch 5, 12 epochs, BN momentum 0.9;
     5-shot and larger batch 25, 8 epochs, BN momentum 0.95."""

@@ -21,18 +21,43 @@ def check(change):
     return validate_config(config, SCHEMA)
 
 
+def shipped(name):
+    """A shipped config, validated; a real dataset's folder is replaced by the demo generator, so that
+    configs for data the checkout does not hold (config/paper.yaml) validate too."""
+    config = yaml.safe_load((REPO / "config" / name).read_text())
+    if config["dataset"]["format"] != "demo":
+        config["dataset"] = {"name": config["dataset"]["name"], "format": "demo"}
+    return validate_config(config, SCHEMA)
+
+
 def test_shipped_configs_are_valid_and_get_defaults():
-    for name in ("config.yaml", "smoke.yaml", "smoke-analyses.yaml"):
-        config = validate_config(yaml.safe_load((REPO / "config" / name).read_text()), SCHEMA)
+    for name in ("config.yaml", "smoke.yaml", "smoke-analyses.yaml", "paper.yaml", "reference-cpu.yaml"):
+        config = shipped(name)
         assert config["eval_seed"] == 0 and config["deviations"] == []
         assert all(s["lr"] == 0.001 and s["grad_clip"] == 0.25 for s in config["settings"].values())
         assert config["baselines"]["pretrain"]["lr"] == 0.001 and config["baselines"]["finetune"]["decays"]
-    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
-    assert paper["settings"]["5w1s"]["iterations"] == 75000 and paper["test_episodes"] == 600
-    baselines = validate_config({"dataset": {"name": "d", "format": "demo"}, "settings": paper["settings"]},
-                                SCHEMA)["baselines"]
-    assert baselines == {"enabled": True, **paper["baselines"]}  # the defaults are the original code's
-    assert len(baselines["finetune"]["lrs"]) * len(baselines["finetune"]["decays"]) == 42
+    paper = shipped("paper.yaml")
+    assert [s["iterations"] for s in paper["settings"].values()] == [75000, 50000, 50000, 50000]
+    assert paper["test_episodes"] == 600 and paper["baselines"]["seeds"] == paper["seeds"] == [0]
+    defaults = validate_config({"dataset": {"name": "d", "format": "demo"},
+                                "settings": {"5w1s": {"n_way": 5, "k_shot": 1, "val_every": 1000}}}, SCHEMA)
+    assert defaults["baselines"] == paper["baselines"]  # the defaults are the original code's
+    assert len(paper["baselines"]["finetune"]["lrs"]) * len(paper["baselines"]["finetune"]["decays"]) == 42
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "reference-cpu.yaml"])
+def test_budgets_are_the_papers_times_one_factor(name):
+    """The demo and the reference run keep the paper's ratio of meta-training to pre-training: every
+    budget is the paper's (75,000 / 50,000 episodes, 30,000 steps) times the config's budget_fraction."""
+    raw = yaml.safe_load((REPO / "config" / name).read_text())
+    assert all("iterations" not in s for s in raw["settings"].values())
+    assert "steps" not in raw["baselines"].get("pretrain", {})
+    fraction = raw["budget_fraction"]
+    assert 0 < fraction < 1
+    config = shipped(name)
+    for setting in config["settings"].values():
+        assert setting["iterations"] == round(fraction * (75000 if setting["k_shot"] == 1 else 50000))
+    assert config["baselines"]["pretrain"]["steps"] == round(fraction * 30000)
 
 
 def test_schema_knows_every_deviation():

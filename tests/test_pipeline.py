@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -53,7 +55,7 @@ SMOKE_CONFIG = ("--configfile", "config/smoke-analyses.yaml", "gray.yaml")
 def smoke_run(tmp_path_factory):
     cwd = workdir(tmp_path_factory.mktemp("smoke"))
     make_folders(cwd / "gray", per_class=5, size=(30, 30), mode="L")
-    (cwd / "gray.yaml").write_text("transfer: [{name: gray, format: folders, root: gray}]\n")
+    (cwd / "gray.yaml").write_text("transfer: [{name: gray, format: folders, root: gray}]\npublish: reports/smoke\n")
     result = snakemake(cwd, *SMOKE_CONFIG)
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd
@@ -78,12 +80,13 @@ def test_smoke_dag_produces_summary_and_report(smoke_run):
         assert float(row["meta_lstm_minus_this"]) == pytest.approx(sum(differences) / len(differences), abs=1e-3)
     html = (smoke_run / "results" / "report" / "report.html").read_text()
     assert "Demo data." in html and "data:image/png;base64," in html and "5w2s" in html
-    for text in ("Pixel nearest-neighbour", "Baseline fine-tune", "Meta-LSTM minus this", "The paper’s claims",
-                 "Not judged (demo data).", "gate values for 5w1s", "Chosen lr"):
+    for text in ("Pixel nearest-neighbour", "Baseline fine-tune", "Meta-LSTM minus this", "Summary: the claims",
+                 "Not judged (demo data)", "gate values for 5w1s", "Chosen lr", "What differs from the paper, and why",
+                 "<td>meta-training</td>", "5w1s: meta-training episodes"):
         assert text in html, text
     tex = (smoke_run / "results" / "report" / "report.tex").read_text()
     assert r"\begin{tabular}" in tex and r"\toprule" in tex and "demo-smoke" in tex
-    assert r"{figures/gates\_5w2s.png}" in tex and "The paper's claims" in tex
+    assert r"{figures/gates\_5w2s.png}" in tex and "Summary: the claims" in tex and r"\section{Compute}" in tex
     per_job = ["prepare_data/demo-smoke", "train_meta_lstm/demo-smoke/5w1s/seed0", "pretrain/demo-smoke/seed0",
                "select_finetune/demo-smoke/5w2s/seed0", "evaluate_baseline_finetune/demo-smoke/5w1s/seed0",
                "evaluate_baseline_nearest_neighbor/demo-smoke/5w1s/seed0",
@@ -121,6 +124,50 @@ def test_the_student_analyses_pool_and_transfer_rows(smoke_run):
     assert "5w1s-pool6" in tex and "Transfer to other datasets" in tex and "skipped: split" in tex
     for job in ("prepare_transfer_data/gray", "evaluate_transfer/demo-smoke/gray/5w1s/seed0/meta_lstm"):
         assert (cwd / "logs" / f"{job}.log").is_file(), job
+
+
+def test_table_one_has_the_papers_rows_and_a_column_per_setting(smoke_run):
+    from reproml.report.aggregate import published_lookup
+    from reproml.report.tables import table_one
+
+    summary = pd.read_csv(smoke_run / "results" / "summary.csv", dtype={"image_pool": str})
+    home = summary[summary["eval_dataset"] == summary["dataset"]]
+    table = table_one(home, *published_lookup(REPO / "report" / "published-results.yaml"))
+    assert [s["name"] for s in table["settings"]] == ["5w1s", "5w1s-pool6", "5w2s", "5w2s-pool6"]
+    assert table["settings"][2]["task"] == "5-way 2-shot"
+    assert [r["method"] for r in table["rows"]] == [
+        "Baseline fine-tune", "Baseline nearest-neighbour", "Matching Networks", "Matching Networks FCE",
+        "Meta-learner LSTM", "Pixel nearest-neighbour", "Meta-learner LSTM, COMP6248 reproduction"]
+    ours = home[(home["method"] == "meta_lstm") & (home["setting"] == "5w1s")].iloc[0]
+    meta_lstm = table["rows"][4]["cells"]
+    assert meta_lstm[0] == {"ours": f"{ours['acc_mean']:.2f} ± {ours['ci95']:.2f}", "published": "43.44 ± 0.77"}
+    assert meta_lstm[2]["published"] == "–"  # no published 5-way 2-shot
+    assert table["rows"][2]["cells"][0] == {"ours": "not run", "published": "43.40 ± 0.78"}
+    assert table["rows"][0]["cells"][1] == {"ours": "–", "published": "–"}  # baselines skip an image pool
+    assert table["rows"][6]["cells"][0] == {"ours": "", "published": "42.59"}
+    html = (smoke_run / "results" / "report" / "report.html").read_text()
+    assert f"{meta_lstm[0]['ours']}<br><span class=\"muted\">published 43.44 ± 0.77</span>" in html
+    tex = (smoke_run / "results" / "report" / "report.tex").read_text()
+    assert r"\published{published 43.44 \ensuremath{\pm} 0.77}" in tex
+    assert (smoke_run / "results" / "figures" / "accuracy.png").stat().st_size > 10_000
+
+
+def test_the_report_is_published_and_in_snakemakes_own_report(smoke_run, monkeypatch):
+    published = smoke_run / "reports" / "smoke"
+    copies = {"report.html": "report/report.html", "summary.csv": "summary.csv",
+              "figures/accuracy.png": "figures/accuracy.png", "figures/curve_5w2s-pool6.png": "figures/curve_5w2s-pool6.png"}
+    for name, source in copies.items():
+        assert (published / name).read_bytes() == (smoke_run / "results" / source).read_bytes(), name
+    config = yaml.safe_load((published / "config.yaml").read_text())
+    monkeypatch.chdir(smoke_run)  # the transfer dataset's root is relative to the workflow folder
+    assert config == smoke_config(smoke_run)
+    assert "# Remade by: snakemake --cores 4 --configfile config/smoke-analyses.yaml gray.yaml" in \
+        (published / "config.yaml").read_text()
+    result = snakemake(smoke_run, *SMOKE_CONFIG, "--report", "report.zip")
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = zipfile.ZipFile(smoke_run / "report.zip").namelist()
+    for name in ("report.html", "summary.csv", "accuracy.png", "curve_5w1s.png", "gates_5w2s.png"):
+        assert any(n.endswith("/" + name) and "/data/raw/" in n for n in names), name
 
 
 def test_a_second_run_has_nothing_to_do(smoke_run):

@@ -55,10 +55,12 @@ def read_episodes(summary_path):
 
 def paired_with_meta_lstm(group, meta_lstm_group):
     """Pair every meta-learner episode (each training seed) with this method's result on the
-    same episode, checked by fingerprint; a method without training seeds pairs with every seed."""
+    same episode, checked by fingerprint: with its run of the same training seed where it has one,
+    else with each of its runs (a method without training seeds, or baselines trained with fewer seeds)."""
     ours, theirs = [], []
     for _, meta_row in meta_lstm_group.iterrows():
-        partners = group if group["train_seed"].isna().all() else group[group["train_seed"] == meta_row["train_seed"]]
+        same_seed = group[group["train_seed"] == meta_row["train_seed"]]
+        partners = same_seed if len(same_seed) else group
         for _, row in partners.iterrows():
             if meta_row["episodes_by_sha"].keys() != row["episodes_by_sha"].keys():
                 raise UserError(f"{row['setting']}: {row['method']} and meta_lstm were evaluated on different test "

@@ -1,10 +1,16 @@
-"""The paper's two claims about 5-way miniImagenet, checked against our numbers.
+"""The claims a reader wants judged: the paper's (Ravi & Larochelle 2017) and the COMP6248 student
+report's, each with a status and the numbers behind it (one line each in the report's summary box).
 
-1. 1-shot: the meta-learner LSTM is competitive with Matching Networks. We do not run Matching
-   Networks, so our meta-learner's mean is tested against their published one (both 95% CIs).
-2. 5-shot: the meta-learner LSTM is better than every baseline. Every baseline is evaluated on
-   the meta-learner's test episodes, so each comparison is a paired difference: "better" when
-   its 95% CI lies above 0.
+Statuses: supported, contradicted, inconclusive, or not judged (with the reason: demo data, a
+setting or method this run does not have). How each kind of evidence is read:
+- against our own runs on the same test episodes (the meta-learner against a baseline): the paired
+  difference, significant when its 95% interval excludes 0;
+- between two of our settings (5-shot against 1-shot): the two means' 95% test
+  (statistics.compare_to_published, the same test as against a published figure);
+- against a published figure (Matching Networks, which this run may not have): the same 95% test;
+  a shortfall at a fraction of the paper's training budget is inconclusive, since the budget may
+  explain it, and only at the paper's budget a contradiction.
+On demo data nothing is judged: its numbers are shown, but they say nothing about miniImagenet.
 """
 
 import math
@@ -14,7 +20,9 @@ import pandas as pd
 from reproml.report.aggregate import mean_ci
 from reproml.statistics import compare_to_published
 
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_JUDGED = "supported", "contradicted", "inconclusive", "not judged"
 BASELINES = ("baseline_nearest_neighbor", "baseline_finetune")
+MATCHING_NETS = ("matching_net", "matching_net_fce")
 METHOD_NAMES = {"meta_lstm": "Meta-learner LSTM", "baseline_nearest_neighbor": "Baseline nearest-neighbour",
                 "baseline_finetune": "Baseline fine-tune", "pixel_nearest_neighbor": "Pixel nearest-neighbour",
                 "matching_net": "Matching Networks", "matching_net_fce": "Matching Networks FCE"}
@@ -29,81 +37,157 @@ def paired_outcome(diff, ci95):
     return "no significant difference"
 
 
+def find_row(rows, n_way, k_shot, method):
+    """The summary row of an `n_way` `k_shot` setting for `method` under the original protocol (every
+    image in play, not a fixed image pool), or None."""
+    return next((r for r in rows if r["n_way"] == n_way and r["k_shot"] == k_shot and r["method"] == method
+                 and (pd.isna(r.get("image_pool")) or r["image_pool"] == "all")), None)
+
+
+def paired_text(row):
+    """'meta-learner minus this' of a summary row as printed, or None where it was not measured."""
+    diff = row.get("meta_lstm_minus_this") if row else None
+    if diff is None or math.isnan(diff):
+        return None
+    return mean_ci(diff, row["meta_lstm_minus_this_ci95"], signed=True)
+
+
 def published(paper, method, setting):
     ref = paper.get((method, setting))
     return mean_ci(ref["mean"], ref["ci95"]) if ref else "not published"
 
 
-def find_row(rows, k_shot, method):
-    """The summary row of a 5-way `k_shot` setting for `method` under the original protocol (every
-    image in play, not a fixed image pool), or None."""
-    return next((r for r in rows if r["n_way"] == 5 and r["k_shot"] == k_shot and r["method"] == method
-                 and (pd.isna(r.get("image_pool")) or r["image_pool"] == "all")), None)
+def budget_text(fraction):
+    return "the paper's budget" if fraction >= 1 else f"{100 * fraction:.3g}% of the paper's budget"
 
 
-def against_baselines(rows, k_shot):
-    """Paired comparisons of the meta-learner with each baseline in the 5-way `k_shot` setting."""
-    comparisons = []
-    for method in BASELINES:
-        row = find_row(rows, k_shot, method)
-        if row is None or row["meta_lstm_minus_this"] is None or math.isnan(row["meta_lstm_minus_this"]):
-            comparisons.append((method, None, "not run"))
-            continue
-        diff, ci95 = row["meta_lstm_minus_this"], row["meta_lstm_minus_this_ci95"]
-        comparisons.append((method, mean_ci(diff, ci95, signed=True), paired_outcome(diff, ci95)))
-    return comparisons
+def claim(source, text, status, numbers, reason=""):
+    return {"source": source, "claim": text, "status": status, "numbers": numbers, "reason": reason}
 
 
-def describe_baselines(comparisons):
-    return "; ".join(f"{METHOD_NAMES[m]}: {text} points ({outcome})" if text else f"{METHOD_NAMES[m]}: not run"
-                     for m, text, outcome in comparisons)
+def by_name(claims):
+    """The claims of `assess_claims` by their names (CLAIMS)."""
+    return dict(zip(CLAIMS, claims))
 
 
-def one_shot_claim(rows, paper):
-    claim = (f"5-way 1-shot: the meta-learner LSTM is competitive with Matching Networks (paper: "
-             f"{published(paper, 'meta_lstm', '5w1s')} against {published(paper, 'matching_net', '5w1s')}).")
-    ours = find_row(rows, 1, "meta_lstm")
-    matching = paper.get(("matching_net", "5w1s"))
-    if ours is None or matching is None:
-        return {"claim": claim, "status": "not tested", "evidence": "This run has no 5-way 1-shot meta-learner."}
-    verdict = compare_to_published(ours["acc_mean"], ours["ci95"], matching["mean"], matching["ci95"])
-    status = "not supported" if verdict == "lower" else "supported"
-    evidence = (f"Our meta-learner: {mean_ci(ours['acc_mean'], ours['ci95'])} over {ours['episodes']} test episodes "
-                f"({ours['seeds']} seed{'s' if ours['seeds'] > 1 else ''}); against the published Matching Networks "
-                f"figure it is {verdict} at 95%. Against our baselines on the same episodes (meta-learner minus "
-                f"baseline): {describe_baselines(against_baselines(rows, 1))}.")
-    return {"claim": claim, "status": status, "evidence": evidence}
+def against_published(ours, ref, fraction, want):
+    """The status of 'ours is at least (`want` = 'consistent') or above (`want` = 'higher') a published
+    figure': a shortfall below the paper's budget is inconclusive."""
+    verdict = compare_to_published(ours["acc_mean"], ours["ci95"], ref["mean"], ref["ci95"])
+    if verdict == "higher" or verdict == want:
+        return SUPPORTED
+    if verdict == "lower" and fraction >= 1:
+        return CONTRADICTED
+    return INCONCLUSIVE
 
 
-def five_shot_claim(rows, paper):
-    claim = (f"5-way 5-shot: the meta-learner LSTM is better than every baseline (paper: "
-             f"{published(paper, 'meta_lstm', '5w5s')} against "
-             f"{published(paper, 'baseline_nearest_neighbor', '5w5s')} for nearest-neighbour and "
-             f"{published(paper, 'baseline_finetune', '5w5s')} for fine-tuning).")
-    ours = find_row(rows, 5, "meta_lstm")
+def one_shot_vs_matching_nets(rows, paper, fractions):
+    text = (f"5-way 1-shot: the meta-learner LSTM is competitive with Matching Networks "
+            f"({published(paper, 'meta_lstm', '5w1s')} against {published(paper, 'matching_net', '5w1s')})")
+    ours = find_row(rows, 5, 1, "meta_lstm")
     if ours is None:
-        return {"claim": claim, "status": "not tested", "evidence": "This run has no 5-way 5-shot meta-learner."}
-    comparisons = against_baselines(rows, 5)
-    outcomes = [outcome for _, _, outcome in comparisons]
-    if "worse" in outcomes:
-        status = "contradicted"
-    elif "not run" in outcomes:
-        status = "not tested"
-    elif all(outcome == "better" for outcome in outcomes):
-        status = "supported"
-    else:
-        status = "inconclusive"
-    evidence = (f"Our meta-learner: {mean_ci(ours['acc_mean'], ours['ci95'])} over {ours['episodes']} test "
-                f"episodes. Meta-learner minus baseline on the same episodes: {describe_baselines(comparisons)}.")
-    return {"claim": claim, "status": status, "evidence": evidence}
+        return claim("Paper", text, NOT_JUDGED, "", "no 5-way 1-shot meta-learner in this run")
+    ran = [(m, find_row(rows, 5, 1, m)) for m in MATCHING_NETS if paired_text(find_row(rows, 5, 1, m))]
+    if ran:  # our own Matching Networks on the same episodes
+        outcomes = [paired_outcome(r["meta_lstm_minus_this"], r["meta_lstm_minus_this_ci95"]) for _, r in ran]
+        numbers = "; ".join(f"meta-learner minus {METHOD_NAMES[m]} {paired_text(r)} (paired)" for m, r in ran)
+        return claim("Paper", text, CONTRADICTED if "worse" in outcomes else SUPPORTED, numbers)
+    fraction = fractions.get(ours["setting"], 1.0)
+    matching = paper.get(("matching_net", "5w1s"))
+    numbers = (f"ours {mean_ci(ours['acc_mean'], ours['ci95'])} at {budget_text(fraction)} against the published "
+               f"{mean_ci(matching['mean'], matching['ci95'])} (Matching Networks not run here)")
+    return claim("Paper", text, against_published(ours, matching, fraction, "consistent"), numbers)
 
 
-def assess_claims(rows, paper, demo):
-    """The claims with a status (supported, not supported, contradicted, inconclusive, not tested)
-    and the numbers behind it. On demo data the numbers are shown but the claims are not judged."""
-    claims = [one_shot_claim(rows, paper), five_shot_claim(rows, paper)]
+def five_shot_vs_baselines(rows, paper):
+    text = (f"5-way 5-shot: the meta-learner LSTM is better than every baseline (paper: "
+            f"{published(paper, 'meta_lstm', '5w5s')} against {published(paper, 'baseline_nearest_neighbor', '5w5s')} "
+            f"for nearest-neighbour and {published(paper, 'baseline_finetune', '5w5s')} for fine-tuning)")
+    if find_row(rows, 5, 5, "meta_lstm") is None:
+        return claim("Paper", text, NOT_JUDGED, "", "no 5-way 5-shot meta-learner in this run")
+    compared = {m: find_row(rows, 5, 5, m) for m in BASELINES}
+    missing = [METHOD_NAMES[m] for m, r in compared.items() if paired_text(r) is None]
+    if missing:
+        return claim("Paper", text, NOT_JUDGED, "", f"{' and '.join(missing)} not run")
+    outcomes = [paired_outcome(r["meta_lstm_minus_this"], r["meta_lstm_minus_this_ci95"]) for r in compared.values()]
+    status = CONTRADICTED if "worse" in outcomes else SUPPORTED if set(outcomes) == {"better"} else INCONCLUSIVE
+    numbers = "; ".join(f"meta-learner minus {METHOD_NAMES[m]} {paired_text(r)} ({outcome})"
+                        for (m, r), outcome in zip(compared.items(), outcomes))
+    return claim("Paper", text, status, numbers + f" (paired, {compared[BASELINES[0]]['episodes']} test episodes)")
+
+
+def five_shot_vs_matching_nets(rows, paper, fractions):
+    text = (f"5-way 5-shot: the meta-learner LSTM outperforms Matching Networks ({published(paper, 'meta_lstm', '5w5s')} "
+            f"against {published(paper, 'matching_net', '5w5s')}, FCE {published(paper, 'matching_net_fce', '5w5s')})")
+    ours = find_row(rows, 5, 5, "meta_lstm")
+    if ours is None:
+        return claim("Paper", text, NOT_JUDGED, "", "no 5-way 5-shot meta-learner in this run")
+    ran = [(m, find_row(rows, 5, 5, m)) for m in MATCHING_NETS if paired_text(find_row(rows, 5, 5, m))]
+    if ran:
+        outcomes = [paired_outcome(r["meta_lstm_minus_this"], r["meta_lstm_minus_this_ci95"]) for _, r in ran]
+        status = CONTRADICTED if "worse" in outcomes else SUPPORTED if set(outcomes) == {"better"} else INCONCLUSIVE
+        numbers = "; ".join(f"meta-learner minus {METHOD_NAMES[m]} {paired_text(r)} (paired)" for m, r in ran)
+        return claim("Paper", text, status, numbers)
+    fraction = fractions.get(ours["setting"], 1.0)
+    statuses = [against_published(ours, paper[(m, "5w5s")], fraction, "higher") for m in MATCHING_NETS]
+    status = CONTRADICTED if CONTRADICTED in statuses else SUPPORTED if set(statuses) == {SUPPORTED} else INCONCLUSIVE
+    numbers = (f"ours {mean_ci(ours['acc_mean'], ours['ci95'])} at {budget_text(fraction)} against the published "
+               f"{published(paper, 'matching_net', '5w5s')} and {published(paper, 'matching_net_fce', '5w5s')} "
+               "(Matching Networks not run here)")
+    return claim("Paper", text, status, numbers)
+
+
+def image_pool_explanation(image_pool):
+    text = ("Its lower accuracy is due to drawing fresh images for every episode; a fixed pool of images per "
+            "class, as the public loaders had, scores higher")
+    pairs = [a for a in image_pool if a["n_way"] == 5]
+    if not pairs:
+        return claim("COMP6248", text, NOT_JUDGED, "", "no 5-way setting with a fixed image pool in this run")
+    outcomes = {a["outcome"] for a in pairs}
+    status = SUPPORTED if outcomes == {"better"} else CONTRADICTED if outcomes == {"worse"} else INCONCLUSIVE
+    numbers = "; ".join(f"{a['k_shot']}-shot: pool of {a['pool']} minus all images {a['difference']} (paired)"
+                        for a in pairs)
+    return claim("COMP6248", text, status, numbers)
+
+
+def more_shots(rows, comp6248, n_way, fewer, more, text, if_equal):
+    """The student report's ordering of two settings' meta-learners, `more` shots not above `fewer`:
+    contradicted where ours is significantly higher with more shots, supported where it is lower,
+    `if_equal` where the two do not differ significantly."""
+    theirs = {k: comp6248.get(("meta_lstm", f"{n_way}w{k}s"), {}).get("mean") for k in (fewer, more)}
+    text = text.format(**{name: "–" if theirs[k] is None else f"{theirs[k]:.2f}"
+                          for name, k in (("fewer", fewer), ("more", more))})
+    low, high = find_row(rows, n_way, fewer, "meta_lstm"), find_row(rows, n_way, more, "meta_lstm")
+    if low is None or high is None:
+        return claim("COMP6248", text, NOT_JUDGED, "",
+                     f"this run lacks the {n_way}-way {fewer}-shot or {more}-shot meta-learner")
+    verdict = compare_to_published(high["acc_mean"], high["ci95"], low["acc_mean"], low["ci95"])
+    numbers = (f"ours {more}-shot {mean_ci(high['acc_mean'], high['ci95'])} against {fewer}-shot "
+               f"{mean_ci(low['acc_mean'], low['ci95'])}")
+    return claim("COMP6248", text, {"higher": CONTRADICTED, "lower": SUPPORTED}.get(verdict, if_equal), numbers)
+
+
+CLAIMS = ("one_shot_vs_matching_nets", "five_shot_vs_baselines", "five_shot_vs_matching_nets", "image_pool",
+          "five_shots_below_one", "ten_way_more_shots")
+
+
+def assess_claims(rows, paper, comp6248, demo, fractions=None, image_pool=()):
+    """Every claim with its status and numbers. `rows` are summary.csv's in-domain records,
+    `fractions` the meta-learner's training budget per setting as a fraction of the paper's,
+    `image_pool` the image-pool ablation (analyses.image_pool_ablation)."""
+    fractions = fractions or {}
+    claims = [
+        one_shot_vs_matching_nets(rows, paper, fractions),
+        five_shot_vs_baselines(rows, paper),
+        five_shot_vs_matching_nets(rows, paper, fractions),
+        image_pool_explanation(list(image_pool)),
+        more_shots(rows, comp6248, 5, 1, 5, "5-way 5-shot scores below 5-way 1-shot (its {more} against {fewer})",
+                   if_equal=INCONCLUSIVE),
+        more_shots(rows, comp6248, 10, 10, 20, "10-way: 20 shots do not help over 10 (its {more} against {fewer})",
+                   if_equal=SUPPORTED),
+    ]
     if demo:
-        for claim in claims:
-            if claim["status"] != "not tested":
-                claim["status"] = "not judged (demo data)"
+        for c in claims:
+            if c["status"] != NOT_JUDGED:
+                c["status"], c["reason"] = NOT_JUDGED, "demo data"
     return claims

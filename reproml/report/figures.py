@@ -1,5 +1,6 @@
-"""The report's figures: validation-accuracy curves (every seed, the selected checkpoint marked)
-and the meta-learner's gate values across inner updates, one of each per setting."""
+"""The report's figures: every method's accuracy beside the published figures (Table 1 as a picture),
+validation-accuracy curves (every seed, the selected checkpoint marked) and the meta-learner's gate
+values across inner updates, one of each per setting."""
 
 import json
 from pathlib import Path
@@ -12,14 +13,56 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from reproml.atomic import atomic_path  # noqa: E402
+from reproml.report.aggregate import in_domain, published_lookup  # noqa: E402
+from reproml.report.claims import METHOD_NAMES  # noqa: E402
+from reproml.report.tables import method_order  # noqa: E402
 
 
-def save(fig, target):
-    fig.tight_layout()
+def save(fig, target, layout=True):
+    if layout:
+        fig.tight_layout()
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return target
+
+
+def accuracy_figure(summary_csv, published_path, out):
+    """Write `accuracy.png` into `out`: per setting, every method's test accuracy with its 95% CI
+    (ours), beside the paper's published figure and the COMP6248 reproduction's."""
+    summary = pd.read_csv(summary_csv)
+    summary = summary[in_domain(summary) & (summary["episodes"] > 0)]
+    paper, comp6248 = published_lookup(published_path)
+    settings = list(dict.fromkeys(summary["setting"]))
+    methods = [m for m in method_order(summary["method"])
+               if m in set(summary["method"]) or any((m, s) in paper for s in settings)]
+    fig, axes = plt.subplots(1, len(settings), figsize=(2.6 + 2.4 * len(settings), 0.9 + 0.42 * len(methods)),
+                             dpi=120, sharey=True, squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        rows = summary[summary["setting"] == setting].set_index("method")
+        for y, method in enumerate(methods):
+            if method in rows.index:
+                ax.errorbar(rows.loc[method, "acc_mean"], y, xerr=rows.loc[method, "ci95"], fmt="o", color="C0",
+                            capsize=3, label="ours")
+            if (method, setting) in paper:
+                ref = paper[(method, setting)]
+                ax.errorbar(ref["mean"], y + 0.25, xerr=ref["ci95"], fmt="D", mfc="white", color="C1", capsize=3,
+                            label="paper")
+            if (method, setting) in comp6248:
+                ax.plot(comp6248[(method, setting)]["mean"], y - 0.25, "^", color="C2", label="COMP6248")
+        n_way = int(rows["n_way"].iloc[0])
+        ax.axvline(100 / n_way, color="grey", lw=1, ls="--")
+        ax.set_title(f"{setting} ({n_way}-way {int(rows['k_shot'].iloc[0])}-shot)", fontsize=9)
+        ax.set_xlabel("test accuracy (%)", fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+        ax.tick_params(labelsize=8)
+    axes[0][0].set_yticks(range(len(methods)), [METHOD_NAMES.get(m, m) for m in methods])
+    axes[0][0].invert_yaxis()
+    handles = {label: handle for ax in axes[0] for handle, label in zip(*ax.get_legend_handles_labels())}
+    labels = [label for label in ("ours", "paper", "COMP6248") if label in handles]
+    fig.legend([handles[label] for label in labels], labels, loc="upper center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    return save(fig, Path(out) / "accuracy.png", layout=False)
 
 
 def curve_figures(run_files, out):

@@ -1,37 +1,61 @@
 """The reproducibility report: HTML (self-contained, autoescaped) and LaTeX (escaped), rendered
-from the Jinja templates in report/templates, plus the main table as CSV and booktabs LaTeX."""
+from the Jinja templates in report/templates, plus the long results table as CSV and booktabs LaTeX.
+
+The templates lay out the structure; the prose both share is written once, in prose.yaml, and
+formatted here for each (`backticks` become code)."""
 
 import base64
-import csv
 import datetime
+import html
 import importlib.metadata
 import json
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import jinja2
 import pandas as pd
+import yaml
 from markupsafe import Markup
 
 from reproml.atomic import atomic_path, write_text
 from reproml.data.prepared import read_manifest
 from reproml.report.aggregate import fmt, in_domain, mean_ci, published_lookup
 from reproml.report.analyses import image_pool_ablation, transfer_table
-from reproml.report.claims import METHOD_NAMES, assess_claims
+from reproml.report.claims import assess_claims
+from reproml.report.study import budgets, compute, differences, meta_fractions, scope
+from reproml.report.tables import LONG_HEADER, LONG_KEYS, long_table, long_table_csv, table_one
 from reproml.settings import DEVIATIONS, TaskSettings
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "jinja2", "pillow", "snakemake", "reproml")
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "<": r"\textless{}", ">": r"\textgreater{}"}
+                  "<": r"\textless{}", ">": r"\textgreater{}",
+                  # symbols that pdflatex's utf8 input does not know
+                  "±": r"\ensuremath{\pm}", "√": r"\ensuremath{\surd}", "·": r"\ensuremath{\cdot}",
+                  "×": r"\ensuremath{\times}", "≤": r"\ensuremath{\le}", "≥": r"\ensuremath{\ge}",
+                  "−": r"\ensuremath{-}", "→": r"\ensuremath{\rightarrow}"}
+CODE = re.compile(r"`([^`]*)`")
 
 
 def latex_escape(value):
     if isinstance(value, Markup):
         return str(value)
     return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(value))
+
+
+def prose_html(text):
+    """Plain prose (`backticks` for code) as HTML."""
+    return Markup(CODE.sub(lambda m: f"<code>{m.group(1)}</code>", html.escape(str(text), quote=False)))
+
+
+def prose_tex(text):
+    """Plain prose (`backticks` for code) as LaTeX."""
+    parts = CODE.split(str(text))
+    return Markup("".join(latex_escape(p) if i % 2 == 0 else r"\texttt{" + latex_escape(p) + "}"
+                          for i, p in enumerate(parts)))
 
 
 def package_versions():
@@ -56,57 +80,38 @@ def git_commit():
         return "unknown (git not available)"
 
 
-def rule_times(benchmarks):
-    """Total wall seconds and job count per Snakemake rule, from benchmarks/<rule>/... .tsv files."""
-    times = {}
-    for path in sorted(Path(benchmarks).rglob("*.tsv")):
-        rule = path.relative_to(benchmarks).parts[0].removesuffix(".tsv")
-        seconds = float(next(csv.DictReader(open(path), delimiter="\t"))["s"])
-        total, jobs = times.get(rule, (0.0, 0))
-        times[rule] = (total + seconds, jobs + 1)
-    return [{"rule": rule, "seconds": total, "jobs": jobs} for rule, (total, jobs) in times.items()]
-
-
-def main_table(summary):
-    rows = []
-    for row in summary.to_dict("records"):
-        rows.append({"dataset": row["dataset"], "setting": row["setting"],
-                     "method": METHOD_NAMES.get(row["method"], row["method"]),
-                     "ours": mean_ci(row["acc_mean"], row["ci95"]), "seeds": row["seeds"],
-                     "paired": mean_ci(row["meta_lstm_minus_this"], row["meta_lstm_minus_this_ci95"], signed=True),
-                     "episodes": row["episodes"], "seed_sd": fmt(row["seed_mean_std"]),
-                     "paper": mean_ci(row["paper_mean"], row["paper_ci95"]),
-                     "comp6248": fmt(row["comp6248_mean"]), "verdict": row["verdict"]})
-    return rows
-
-
-TABLE_HEADER = ["Dataset", "Setting", "Method", "Ours (95% CI)", "Seeds", "Episodes", "SD across seeds",
-                "Meta-LSTM minus this, paired (95% CI)", "Paper (95% CI)", "COMP6248", "Verdict vs paper"]
-TABLE_KEYS = ["dataset", "setting", "method", "ours", "seeds", "episodes", "seed_sd", "paired", "paper", "comp6248",
-              "verdict"]
-
-
 def booktabs(rows):
     lines = [r"\begin{tabular}{" + "l" * 3 + "r" * 7 + "l}", r"\toprule",
-             " & ".join(latex_escape(h) for h in TABLE_HEADER) + r" \\", r"\midrule"]
-    lines += [" & ".join(latex_escape(row[k]).replace("±", r"$\pm$") for k in TABLE_KEYS) + r" \\" for row in rows]
+             " & ".join(latex_escape(h) for h in LONG_HEADER) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(row[k]) for k in LONG_KEYS) + r" \\" for row in rows]
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
 
 
+def flat_at_end(curve):
+    """Whether a validation curve has flattened: its last two validations differ by less than the last one's 95% CI."""
+    if len(curve) < 2:
+        return None
+    return abs(curve[-1]["val_acc"] - curve[-2]["val_acc"]) < curve[-1]["val_ci95"]
+
+
 def run_details(run_files, evals):
-    """Per setting: its hyperparameters and, per seed, the meta-learner's selection and test result."""
+    """Per setting: its hyperparameters and, per seed, the meta-learner's selection, convergence and test result."""
     evals = {(e["setting"], e["train_seed"]): e for e in evals if e["method"] == "meta_lstm"}
     details = {}
     for path in run_files:
         run = json.loads(Path(path).read_text())
+        curve = pd.read_csv(Path(path).parent / "curve.csv").to_dict("records")
         e = evals.get((run["setting"], run["seed"]), {})
         settings = TaskSettings.from_dict(run["settings"])
         details.setdefault(run["setting"], {"settings": settings, "inner_steps": settings.inner_steps,
                                             "val_every": run["val_every"], "val_episodes": run["val_episodes"],
                                             "iterations": run["iterations"], "image_pool": run.get("image_pool", "all"),
                                             "seeds": []})
+        flat = flat_at_end(curve)
         details[run["setting"]]["seeds"].append({
             "seed": run["seed"], "best_iteration": run["best_iteration"], "best_val_acc": fmt(run["best_val_acc"]),
+            "last_two": " → ".join(mean_ci(r["val_acc"], r["val_ci95"]) for r in curve[-2:]),
+            "flat": {True: "yes", False: "no", None: "–"}[flat],
             "test": mean_ci(e.get("acc_mean"), e.get("ci95")), "device": run["device"],
             "train_s": fmt(run["train_s_per_episode"], 3), "eval_s": fmt(e.get("s_per_episode"), 3)})
     return details
@@ -131,10 +136,10 @@ def baseline_details(pretrain_files, evals):
 def embedded_figures(figures, names, out):
     """Copy each figure beside the report (for LaTeX) and inline it (for the self-contained HTML)."""
     embedded = []
-    for setting, name in names:
+    for label, name in names:
         figure = Path(figures) / name
         shutil.copyfile(figure, out / "figures" / name)
-        embedded.append({"setting": setting, "file": f"figures/{name}",
+        embedded.append({"setting": label, "file": f"figures/{name}",
                          "data_uri": "data:image/png;base64," + base64.b64encode(figure.read_bytes()).decode()})
     return embedded
 
@@ -145,6 +150,24 @@ def rerun_command(configfiles):
     return "snakemake --cores 4" + (" --configfile " + " ".join(files) if files else "")
 
 
+def prose(templates, values, formatter):
+    """prose.yaml's paragraphs with their {placeholders} filled, formatted by `formatter`."""
+    paragraphs = yaml.safe_load((Path(templates) / "prose.yaml").read_text())
+    return {key: formatter(text.format(**values)) for key, text in paragraphs.items()}
+
+
+def environments(templates):
+    html_env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True,
+                                  undefined=jinja2.StrictUndefined)
+    tex_env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=False,
+                                 undefined=jinja2.StrictUndefined, finalize=latex_escape,
+                                 block_start_string="((*", block_end_string="*))",
+                                 variable_start_string="(((", variable_end_string=")))",
+                                 comment_start_string="((=", comment_end_string="=))", trim_blocks=True)
+    html_env.filters["prose"], tex_env.filters["prose"] = prose_html, prose_tex
+    return html_env, tex_env
+
+
 def render_report(templates, summary_csv, manifest_path, figures, benchmarks, config, configfiles, run_files, eval_files,
                   pretrain_files, published_path, out):
     out = Path(out)
@@ -153,36 +176,39 @@ def render_report(templates, summary_csv, manifest_path, figures, benchmarks, co
     manifest = read_manifest(Path(manifest_path).parent)
     demo = manifest["source"]["format"] == "demo"
     home = summary[in_domain(summary)]
-    rows = main_table(home)
+    paper, comp6248 = published_lookup(published_path)
     evals = [e for e in map(json.loads, (Path(p).read_text() for p in eval_files)) if in_domain(e)]
     details = run_details(run_files, evals)
     pretraining, finetune = baseline_details(pretrain_files, evals)
-    curves = embedded_figures(figures, [(s, f"curve_{s}.png") for s in details], out)
-    gates = embedded_figures(figures, [(s, f"gates_{s}.png") for s in details], out)
-    claims = assess_claims(home.to_dict("records"), published_lookup(published_path)[0], demo)
+    image_pool = image_pool_ablation(config["settings"], eval_files)
     runs = [json.loads(Path(p).read_text()) for p in run_files]
+    devices = sorted({r["device"] for r in runs} | {e["device"] for e in evals})
+    long_rows = long_table(home)
+    compute_rows = compute(benchmarks, devices)
     context = {
         "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "demo": demo, "manifest": manifest, "config": config, "rows": rows, "details": details, "curves": curves,
-        "gates": gates, "claims": claims, "pretraining": pretraining, "finetune": finetune,
-        "image_pool": image_pool_ablation(config["settings"], eval_files), "transfer": transfer_table(summary),
+        "demo": demo, "manifest": manifest, "config": config, "details": details,
+        "claims": assess_claims(home.to_dict("records"), paper, comp6248, demo, meta_fractions(details), image_pool),
+        "scope": scope(config, home, details), "budgets": budgets(config, details, pretraining),
+        "compute": compute_rows, "gpu_hours": any(r["gpu_h"] is not None for r in compute_rows),
+        "differences": differences(config, manifest, details, pretraining, home),
+        "table_one": table_one(home, paper, comp6248), "long_rows": long_rows,
+        "accuracy": embedded_figures(figures, [("accuracy", "accuracy.png")], out)[0],
+        "curves": embedded_figures(figures, [(s, f"curve_{s}.png") for s in details], out),
+        "gates": embedded_figures(figures, [(s, f"gates_{s}.png") for s in details], out),
+        "pretraining": pretraining, "finetune": finetune, "image_pool": image_pool, "transfer": transfer_table(summary),
         "deviations": [(name, DEVIATIONS[name]) for name in config.get("deviations", [])],
-        "versions": package_versions(), "commit": git_commit(),
-        "devices": sorted({r["device"] for r in runs}), "rule_times": rule_times(benchmarks),
-        "commands": [rerun_command(configfiles),
-                     rerun_command(configfiles) + " --forcerun results/runs/*/SETTING/*/run.json   # rerun one setting"],
-        "table_header": TABLE_HEADER, "table_keys": TABLE_KEYS, "fmt": fmt,
+        "versions": package_versions(), "commit": git_commit(), "devices": devices,
+        "commands": [rerun_command(configfiles), "# one setting again (its training and everything after it):",
+                     rerun_command(configfiles) + " --forcerun results/runs/*/SETTING/*/run.json"],
+        "long_header": LONG_HEADER, "long_keys": LONG_KEYS, "fmt": fmt,
     }
-    html_env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=True,
-                                  undefined=jinja2.StrictUndefined)
-    tex_env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), autoescape=False,
-                                 undefined=jinja2.StrictUndefined, finalize=latex_escape,
-                                 block_start_string="((*", block_end_string="*))",
-                                 variable_start_string="(((", variable_end_string=")))",
-                                 comment_start_string="((=", comment_end_string="=))", trim_blocks=True)
-    write_text(out / "report.html", html_env.get_template("report.html.j2").render(context))
-    write_text(out / "main_table.tex", booktabs(rows))
+    values = {"dataset": manifest["name"], "budget_fraction": f"{config.get('budget_fraction', 1):g}"}
+    html_env, tex_env = environments(templates)
+    write_text(out / "report.html", html_env.get_template("report.html.j2").render(
+        {**context, "prose": prose(templates, values, prose_html)}))
+    write_text(out / "main_table.tex", booktabs(long_rows))
     with atomic_path(out / "main_table.csv") as tmp:
-        pd.DataFrame(rows, columns=TABLE_KEYS).set_axis(TABLE_HEADER, axis=1).to_csv(tmp, index=False)
+        long_table_csv(long_rows, tmp)
     write_text(out / "report.tex", tex_env.get_template("report.tex.j2").render(
-        {**context, "main_table": Markup(booktabs(rows))}))
+        {**context, "prose": prose(templates, values, prose_tex), "long_table": Markup(booktabs(long_rows))}))

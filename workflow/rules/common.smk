@@ -19,6 +19,7 @@ SETTINGS = list(config["settings"])
 BASELINE_SETTINGS = [name for name, s in config["settings"].items() if s["image_pool"] == "all"]
 TRANSFER = {d["name"]: d for d in config["transfer"]}
 SEEDS = config["seeds"]
+BASELINE_SEEDS = config["baselines"]["seeds"]  # the pre-trained network's: the run's unless given
 RUN = "results/runs/{dataset}/{setting}/seed{seed}"
 EVAL = "results/eval/{dataset}/{setting}/seed{seed}/{method}"
 META_LSTM_EVAL = EVAL.replace("{method}", "meta_lstm")
@@ -58,10 +59,10 @@ def all_runs(name):
 
 def evaluations(trained, untrained, **wildcards):
     """Evaluation summaries: the meta-learner per (setting, seed), the baselines per (setting
-    without an image pool, seed), pixel 1-NN per setting without an image pool."""
+    without an image pool, baseline seed), pixel 1-NN per setting without an image pool."""
     return (expand(f"{trained}/summary.json", dataset=DATASET, setting=SETTINGS, seed=SEEDS, method="meta_lstm",
                    **wildcards)
-            + expand(f"{trained}/summary.json", dataset=DATASET, setting=BASELINE_SETTINGS, seed=SEEDS,
+            + expand(f"{trained}/summary.json", dataset=DATASET, setting=BASELINE_SETTINGS, seed=BASELINE_SEEDS,
                      method=BASELINES, **wildcards)
             + expand(f"{untrained}/summary.json", dataset=DATASET, setting=BASELINE_SETTINGS,
                      method="pixel_nearest_neighbor", **wildcards))

@@ -1,9 +1,31 @@
+FIGURES = ["results/figures/accuracy.png"] + expand("results/figures/{kind}_{setting}.png", kind=["curve", "gates"],
+                                                    setting=SETTINGS)
+# Snakemake's own report (snakemake --report report.zip) shows these, with its provenance and runtimes.
+FIGURE_REPORT = {"accuracy": ("accuracy.rst", "Results"), "curve": ("curve.rst", "Validation curves"),
+                 "gates": ("gates.rst", "Gate values")}
+
+
+def reported(path, caption, category):
+    return report(path, caption=f"../report/{caption}", category=category)
+
+
+def reported_figure(path):
+    caption, category = FIGURE_REPORT[Path(path).stem.split("_")[0]]
+    return reported(path, caption, category)
+
+
+def configfiles():
+    """The config files of this run, relative to the working directory: a report shows the command that
+    remakes it, not this machine's paths."""
+    return " ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles) or "config/config.yaml"
+
+
 rule aggregate:
     input:
         evals=all_evals(),
         published="report/published-results.yaml",
     output:
-        summary="results/summary.csv",
+        summary=reported("results/summary.csv", "summary.rst", "Results"),
     log:
         "logs/aggregate.log",
     benchmark:
@@ -17,33 +39,35 @@ rule figures:
         runs=all_runs("run.json"),
         curves=all_runs("curve.csv"),
         gates=all_gates(),
+        summary="results/summary.csv",
+        published="report/published-results.yaml",
     output:
-        expand("results/figures/{kind}_{setting}.png", kind=["curve", "gates"], setting=SETTINGS),
+        [reported_figure(path) for path in FIGURES],
     log:
         "logs/figures.log",
     benchmark:
         "benchmarks/figures.tsv"
     shell:
-        "reproml figures --out results/figures {input.runs} --gates {input.gates} > {log} 2>&1"
+        "reproml figures --out results/figures {input.runs} --gates {input.gates} --summary {input.summary}"
+        " --published {input.published} > {log} 2>&1"
 
 
 rule report:
     input:
         summary="results/summary.csv",
-        figures=expand("results/figures/{kind}_{setting}.png", kind=["curve", "gates"], setting=SETTINGS),
+        figures=FIGURES,
         runs=all_runs("run.json"),
         evals=all_evals(),
-        pretrain_runs=expand(f"{PRETRAIN}/run.json", dataset=DATASET, seed=SEEDS) if BASELINE_SETTINGS and BASELINES else [],
+        pretrain_runs=expand(f"{PRETRAIN}/run.json", dataset=DATASET, seed=BASELINE_SEEDS) if BASELINE_SETTINGS and BASELINES else [],
         published="report/published-results.yaml",
         manifest=f"{DATA}/manifest.json",
-        templates=Path("report/templates").glob("*.j2"),
+        templates=[*Path("report/templates").glob("*.j2"), "report/templates/prose.yaml"],
     output:
-        html="results/report/report.html",
+        html=reported("results/report/report.html", "report.rst", "Reproducibility report"),
         tex="results/report/report.tex",
     params:
         config=json.dumps(config, sort_keys=True),
-        # relative to the working directory: the report shows a command to rerun, not this machine's paths
-        configfiles=" ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles) or "config/config.yaml",
+        configfiles=configfiles(),
     log:
         "logs/report.log",
     benchmark:
@@ -59,10 +83,37 @@ rule report_pdf:
     input:
         tex="results/report/report.tex",
     output:
-        pdf="results/report/report.pdf",
+        pdf=reported("results/report/report.pdf", "report.rst", "Reproducibility report"),
     log:
         "logs/report_pdf.log",
     benchmark:
         "benchmarks/report_pdf.tsv"
     shell:
         "latexmk -pdf -interaction=nonstopmode -halt-on-error -cd {input.tex} > {log} 2>&1"
+
+
+# A copy of the rendered report where it can be committed and linked (config key `publish`).
+if "publish" in config:
+    PUBLISHED = ["report.html", "summary.csv", "config.yaml"] + (["report.pdf"] if LATEXMK else [])
+
+    localrules:
+        publish_report,
+
+    rule publish_report:
+        input:
+            html="results/report/report.html",
+            pdf=["results/report/report.pdf"] if LATEXMK else [],
+            summary="results/summary.csv",
+            figures=FIGURES,
+        output:
+            [f"{config['publish']}/{name}" for name in PUBLISHED]
+            + [f"{config['publish']}/figures/{Path(path).name}" for path in FIGURES],
+        params:
+            config=json.dumps(config, sort_keys=True),
+            configfiles=configfiles(),
+            out=config["publish"],
+        log:
+            "logs/publish_report.log",
+        shell:
+            "reproml publish {input.html} {input.pdf} {input.summary} --figures {input.figures}"
+            " --config-json {params.config:q} --configfiles {params.configfiles:q} --out {params.out:q} > {log} 2>&1"

@@ -1,14 +1,17 @@
 """The `reproml` command line: describe, prepare, train, pretrain, select-finetune, evaluate, report, publish.
 
 A mistake in the input (a path, a file, a value) ends with one line on stderr naming the
-culprit and exit status 2; an interruption with status 130 and a hint to rerun (training resumes).
+culprit and exit status 2; an interruption (Ctrl-C, or SIGTERM) with status 130 (143) and a hint
+to rerun (training resumes). A command that writes an --out folder holds it while it runs.
 """
 
 import argparse
 import json
+import signal
 import sys
 
 from reproml.allocator import keep_freed_memory
+from reproml.atomic import exclusive
 from reproml.errors import UserError
 from reproml.methods.finetune import GRID_DECAYS, GRID_LRS
 from reproml.settings import DEVIATIONS
@@ -121,10 +124,20 @@ def figures(args):
         print(f"wrote {path}")
 
 
+def config_argument(args):
+    try:
+        config = json.loads(args.config_json)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--config-json: not valid JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(config, dict) or "settings" not in config:
+        raise UserError("--config-json: expected the pipeline's configuration (a JSON object with settings)")
+    return config
+
+
 def report(args):
     from reproml.report.render import render_report
 
-    render_report(args.templates, args.summary, args.manifest, args.figures, args.benchmarks, json.loads(args.config_json),
+    render_report(args.templates, args.summary, args.manifest, args.figures, args.benchmarks, config_argument(args),
                   args.configfiles, args.runs, args.evals, args.pretrain_runs, args.published, args.out)
     print(f"wrote {args.out}/report.html and {args.out}/report.tex")
 
@@ -132,7 +145,7 @@ def report(args):
 def publish(args):
     from reproml.report.publish import publish
 
-    publish(args.files, args.figures, json.loads(args.config_json), args.configfiles, args.out)
+    publish(args.files, args.figures, config_argument(args), args.configfiles, args.out)
     print(f"wrote {args.out}")
 
 
@@ -143,30 +156,65 @@ def bench(args):
     print(json.dumps(results, indent=2) if args.json else format_table(results))
 
 
+def ranged(kind, minimum=None, maximum=None, above=None):
+    """An argparse type: `kind` ('integer' or 'number') with a range, refused in one line otherwise."""
+    def parse(text):
+        try:
+            value = int(text) if kind == "integer" else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind == 'integer' else 'a number'}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} is less than the minimum of {minimum}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"{text} must be more than {above}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text} is more than the maximum of {maximum}")
+        return value
+    return parse
+
+
+COUNT = ranged("integer", minimum=1)           # steps, episodes, shots, threads, ...
+SEED = ranged("integer", minimum=0)
+WAYS = ranged("integer", minimum=2)
+EPISODES = ranged("integer", minimum=2)        # a confidence interval needs two
+IMAGE_SIZE = ranged("integer", minimum=16)     # four 2x2 poolings
+POSITIVE = ranged("number", above=0)           # learning rates, the gradient clip
+MOMENTUM = ranged("number", above=0, maximum=1)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported in one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def add_run_options(p):
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=COUNT, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="reproml", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="reproml", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     d = sub.add_parser("describe", help="parameter counts of the learner and the meta-learner")
-    d.add_argument("--n-way", type=int, default=5)
-    d.add_argument("--image-size", type=int, default=84)
-    d.add_argument("--filters", type=int, default=32)
+    d.add_argument("--n-way", type=WAYS, default=5)
+    d.add_argument("--image-size", type=IMAGE_SIZE, default=84)
+    d.add_argument("--filters", type=COUNT, default=32)
     d.set_defaults(run=describe)
 
     pr = sub.add_parser("prepare", help="read a dataset source, write resized splits and a manifest")
     pr.add_argument("--format", required=True, help="ravi, folders, l2l-pickle or demo (generated)")
     pr.add_argument("--root", help="the source folder (not for demo)")
-    pr.add_argument("--image-size", type=int, default=84)
-    pr.add_argument("--seed", type=int, default=0, help="demo only: the generator's seed")
-    pr.add_argument("--images-per-class", type=int, default=600, help="demo only")
+    pr.add_argument("--image-size", type=IMAGE_SIZE, default=84)
+    pr.add_argument("--seed", type=SEED, default=0, help="demo only: the generator's seed")
+    pr.add_argument("--images-per-class", type=EPISODES, default=600, help="demo only")
     pr.add_argument("--out", required=True)
     pr.add_argument("--name", help="the dataset's name in results (default: the --out folder's name)")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -174,18 +222,18 @@ def parser():
 
     t = sub.add_parser("train", help="meta-train a meta-learner LSTM (resumes if --out holds a run)")
     t.add_argument("--data", required=True, help="a folder written by 'reproml prepare'")
-    t.add_argument("--n-way", type=int, default=5)
-    t.add_argument("--k-shot", type=int, default=1)
-    t.add_argument("--n-query", type=int, default=15, help="query images per class")
-    t.add_argument("--iterations", type=int, default=75000, help="meta-training episodes")
-    t.add_argument("--val-every", type=int, default=1000)
-    t.add_argument("--val-episodes", type=int, default=100)
-    t.add_argument("--batch-size", type=int, help="inner-loop batch (default: 5 for 1-shot, else 25)")
-    t.add_argument("--epochs", type=int, help="inner-loop epochs (default: 12 for 1-shot, else 8)")
-    t.add_argument("--bn-momentum", type=float, help="(default: 0.9 for 1-shot, else 0.95)")
-    t.add_argument("--filters", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--grad-clip", type=float, default=0.25)
+    t.add_argument("--n-way", type=WAYS, default=5)
+    t.add_argument("--k-shot", type=COUNT, default=1)
+    t.add_argument("--n-query", type=COUNT, default=15, help="query images per class")
+    t.add_argument("--iterations", type=COUNT, default=75000, help="meta-training episodes")
+    t.add_argument("--val-every", type=COUNT, default=1000)
+    t.add_argument("--val-episodes", type=EPISODES, default=100)
+    t.add_argument("--batch-size", type=COUNT, help="inner-loop batch (default: 5 for 1-shot, else 25)")
+    t.add_argument("--epochs", type=COUNT, help="inner-loop epochs (default: 12 for 1-shot, else 8)")
+    t.add_argument("--bn-momentum", type=MOMENTUM, help="(default: 0.9 for 1-shot, else 0.95)")
+    t.add_argument("--filters", type=COUNT, default=32)
+    t.add_argument("--lr", type=POSITIVE, default=1e-3)
+    t.add_argument("--grad-clip", type=POSITIVE, default=0.25)
     t.add_argument("--deviation", action="append", default=[], choices=sorted(DEVIATIONS),
                    help="turn on a named deviation from the original code (repeatable)")
     t.add_argument("--image-pool", type=image_pool, help="draw every episode from a fixed pool of this many images "
@@ -196,23 +244,23 @@ def parser():
 
     pt = sub.add_parser("pretrain", help="pre-train the baselines' 64-filter network as a classifier (resumes)")
     pt.add_argument("--data", required=True)
-    pt.add_argument("--steps", type=int, default=30000)
-    pt.add_argument("--batch-size", type=int, default=64)
-    pt.add_argument("--lr", type=float, default=1e-3, help="Adam's step size")
-    pt.add_argument("--val-every", type=int, default=1000)
-    pt.add_argument("--val-episodes", type=int, default=100, help="5-way 1-shot validation episodes (cosine 1-NN)")
+    pt.add_argument("--steps", type=COUNT, default=30000)
+    pt.add_argument("--batch-size", type=COUNT, default=64)
+    pt.add_argument("--lr", type=POSITIVE, default=1e-3, help="Adam's step size")
+    pt.add_argument("--val-every", type=COUNT, default=1000)
+    pt.add_argument("--val-episodes", type=EPISODES, default=100, help="5-way 1-shot validation episodes (cosine 1-NN)")
     add_run_options(pt)
     pt.set_defaults(run=pretrain)
 
     sf = sub.add_parser("select-finetune", help="choose baseline-finetune's (lr, decay) on validation episodes")
     sf.add_argument("--data", required=True)
     sf.add_argument("--checkpoint", required=True, help="a pre-trained network (best.pt of 'reproml pretrain')")
-    sf.add_argument("--n-way", type=int, required=True)
-    sf.add_argument("--k-shot", type=int, required=True)
-    sf.add_argument("--n-query", type=int, default=15)
+    sf.add_argument("--n-way", type=WAYS, required=True)
+    sf.add_argument("--k-shot", type=COUNT, required=True)
+    sf.add_argument("--n-query", type=COUNT, default=15)
     sf.add_argument("--lrs", default=",".join(map(str, GRID_LRS)), help="the grid's step sizes")
     sf.add_argument("--decays", default=",".join(map(str, GRID_DECAYS)), help="the grid's decays")
-    sf.add_argument("--episodes", type=int, default=100, help="validation episodes per grid point")
+    sf.add_argument("--episodes", type=EPISODES, default=100, help="validation episodes per grid point")
     add_run_options(sf)
     sf.set_defaults(run=select_finetune)
 
@@ -223,11 +271,11 @@ def parser():
     e.add_argument("--checkpoint", help="meta_lstm: a best.pt of 'reproml train'; baseline_*: of 'reproml pretrain'")
     e.add_argument("--finetune-choice", help="baseline_finetune: the choice.json of 'reproml select-finetune'")
     e.add_argument("--label", help="the setting's name in results (default: the checkpoint's, or e.g. 5w1s)")
-    e.add_argument("--episodes", type=int, default=600)
+    e.add_argument("--episodes", type=EPISODES, default=600)
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
-    e.add_argument("--n-way", type=int, help="must match the checkpoint's (checked)")
-    e.add_argument("--k-shot", type=int, help="default: the checkpoint's")
-    e.add_argument("--n-query", type=int, help="default: the checkpoint's")
+    e.add_argument("--n-way", type=WAYS, help="must match the checkpoint's (checked)")
+    e.add_argument("--k-shot", type=COUNT, help="default: the checkpoint's")
+    e.add_argument("--n-query", type=COUNT, help="default: the checkpoint's")
     e.add_argument("--train-dataset", help="the dataset the method was trained on, for results "
                                           "(default: the checkpoint's, else --data's)")
     e.add_argument("--skip-if-too-small", action="store_true",
@@ -275,13 +323,25 @@ def parser():
 
     b = sub.add_parser("bench", help="seconds per episode on random data, beside the matrix-multiply rate")
     b.add_argument("--settings", default="5w1s,5w5s,10w10s,10w20s", help="comma-separated, e.g. 5w1s,5w5s")
-    b.add_argument("--image-size", type=int, default=84)
-    b.add_argument("--episodes", type=int, default=5, help="timed episodes per setting (the median is printed)")
-    b.add_argument("--device", default="auto")
-    b.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    b.add_argument("--image-size", type=IMAGE_SIZE, default=84)
+    b.add_argument("--episodes", type=COUNT, default=5, help="timed episodes per setting (the median is printed)")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--threads", type=COUNT, help="CPU threads for torch (default: torch's choice)")
     b.add_argument("--json", action="store_true", help="print one JSON object, setting -> figures")
     b.set_defaults(run=bench)
     return p
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's or Snakemake's stop), handled as Ctrl-C is: temporaries removed, the resume hint."""
+
+
+def terminate(signum, frame):
+    raise Terminated
+
+
+# The subcommands that write into an --out folder of their own, held while they run (atomic.exclusive).
+HOLD_OUT = {"train", "pretrain", "select-finetune", "evaluate"}
 
 
 def main(argv=None):
@@ -292,12 +352,20 @@ def main(argv=None):
 
         import torch
         torch.set_num_threads(min(args.threads, os.cpu_count() or 1))  # more threads than cores only contend
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        args.run(args)
+        if args.command in HOLD_OUT:
+            with exclusive(args.out):
+                args.run(args)
+        else:
+            args.run(args)
     except UserError as exc:
         print(f"reproml {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"reproml {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"reproml {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; rerun the "
+              "same command to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0

@@ -10,6 +10,7 @@ import jsonschema
 import yaml
 
 from reproml.errors import UserError
+from reproml.files import read_yaml
 from reproml.settings import PAPER_PRETRAIN_STEPS, paper_iterations, scaled_budget
 
 
@@ -69,10 +70,25 @@ def fill_budgets(config):
     config["baselines"].setdefault("seeds", list(config["seeds"]))
 
 
+# JSON Schema counts 4.0 as an integer; the jobs' command lines would not.
+Validator = jsonschema.validators.extend(jsonschema.Draft7Validator, type_checker=jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
+    "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)))
+
+
+def check_config_files(paths):
+    """Read each config file as Snakemake will, but refuse what Snakemake would let pass silently: a key
+    given twice in one mapping (the last would win)."""
+    for path in paths:
+        try:
+            read_yaml(path, "config file")
+        except UserError as exc:
+            raise UserError(f"config: {exc}") from None
+
+
 def validate_config(config, schema_path):
     """Check `config` in place, fill its defaults, and return it; raise UserError on a mistake."""
     schema = yaml.safe_load(Path(schema_path).read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(schema).iter_errors(config))
+    error = jsonschema.exceptions.best_match(Validator(schema).iter_errors(config))
     if error is not None:
         raise UserError(describe_error(error))
     fill_defaults(config, schema, schema)

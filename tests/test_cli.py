@@ -79,7 +79,7 @@ def test_checkpoint_must_match_the_request(tmp_path, capsys, prepared):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     status, _, err = run_cli(capsys, "evaluate", "--data", prepared, "--checkpoint", tmp_path / "junk.pt",
                              "--episodes", 2, "--out", tmp_path / "e")
-    assert status == 2 and "junk.pt: not a readable checkpoint" in err
+    assert status == 2 and "junk.pt: not a readable meta-learner checkpoint (cut short" in err
     assert not (tmp_path / "e").exists()
 
 

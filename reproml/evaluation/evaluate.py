@@ -9,17 +9,17 @@ Methods and what `--checkpoint` means for each:
 """
 
 import csv
-import json
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from reproml.atomic import atomic_path, write_json
+from reproml.atomic import atomic_path, make_dir, write_json
 from reproml.data.episodes import EpisodeSampler, shortfall
 from reproml.data.prepared import load_split, read_manifest
 from reproml.errors import UserError
+from reproml.files import read_json
 from reproml.evaluation.gates import GateRecorder
 from reproml.methods.finetune import finetune_classifier
 from reproml.methods.meta_lstm import load_checkpoint, query_logits
@@ -53,11 +53,11 @@ def meta_lstm_classifier(meta, learner, settings, gate_recorder=None):
 
 
 def read_finetune_choice(path):
+    choice = read_json(path, "fine-tuning choice")
     try:
-        choice = json.loads(Path(path).read_text())
         return {"finetune_lr": float(choice["lr"]), "finetune_decay": float(choice["decay"]),
                 "finetune_val_acc": float(choice["val_acc"]), "finetune_grid_points": int(choice["grid_points"])}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         raise UserError(f"{path}: not a fine-tuning choice (a JSON file with lr and decay, "
                         "written by 'reproml select-finetune')") from None
 
@@ -147,7 +147,7 @@ def evaluate(data, episodes, seed, out, method="meta_lstm", checkpoint=None, dev
                "k_shot": settings.k_shot, "n_query": settings.n_query, "dataset_sha256": manifest.get("dataset_sha256"),
                "device": str(device)}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     accuracies, fingerprints = [], []
     if problem:
         summary.update(skipped=problem, episodes=0)

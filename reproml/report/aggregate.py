@@ -4,15 +4,13 @@ comparison means something. Rows whose evaluation dataset is not the training da
 transfer results; a transfer the data cannot support (too few classes or images per class) is a
 row whose verdict says why it was skipped."""
 
-import csv
-import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from reproml.atomic import atomic_path
 from reproml.errors import UserError
+from reproml.files import read_csv, read_json, read_yaml
 from reproml.statistics import compare_to_published, paired_difference, summarize
 
 COLUMNS = ["dataset", "eval_dataset", "setting", "n_way", "k_shot", "image_pool", "method", "seeds", "episodes", "acc_mean", "acc_std",
@@ -35,10 +33,24 @@ def mean_ci(mean, ci95, signed=False):
 
 
 def published_lookup(path):
-    published = yaml.safe_load(Path(path).read_text())
+    published = read_yaml(path, "published-results file")
+    if not isinstance(published, dict):
+        raise UserError(f"{path}: not a published-results file (expected a mapping of sources)")
     def table(source):
         return {(r["method"], r["setting"]): r for r in published.get(source, {}).get("results", [])}
     return table("paper"), table("comp6248")
+
+
+SUMMARY_KEYS = ("method", "dataset", "setting", "n_way", "k_shot", "train_seed")
+
+
+def read_summary(path):
+    """An evaluation's summary.json, checked to be one."""
+    summary = read_json(path, "evaluation summary")
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
+    if missing:
+        raise UserError(f"{path}: not a summary.json of 'reproml evaluate' (no {', '.join(missing)})")
+    return summary
 
 
 def in_domain(summary):
@@ -49,8 +61,12 @@ def in_domain(summary):
 
 def read_episodes(summary_path):
     """{episode fingerprint: accuracy} from the episodes.csv beside a summary.json."""
-    with open(Path(summary_path).parent / "episodes.csv", newline="") as f:
-        return {row["episode_sha"]: float(row["accuracy"]) for row in csv.DictReader(f)}
+    path = Path(summary_path).parent / "episodes.csv"
+    rows = read_csv(path, "evaluation's episodes.csv", ("accuracy", "episode_sha"))
+    try:
+        return {row["episode_sha"]: float(row["accuracy"]) for row in rows}
+    except ValueError:
+        raise UserError(f"{path}: not an evaluation's episodes.csv (an accuracy is not a number)") from None
 
 
 def paired_with_meta_lstm(group, meta_lstm_group):
@@ -77,7 +93,7 @@ def aggregate(eval_summaries, published_path, out):
     paper, comp6248 = published_lookup(published_path)
     evals = []
     for path in eval_summaries:
-        summary = json.loads(Path(path).read_text())
+        summary = read_summary(path)
         summary["episodes_by_sha"] = read_episodes(path)
         evals.append(summary)
     frame = pd.DataFrame(evals)

@@ -2,10 +2,7 @@
 had) explain its lower accuracy, and how far does a trained meta-learner transfer to another
 dataset?"""
 
-import json
-from pathlib import Path
-
-from reproml.report.aggregate import in_domain, mean_ci, read_episodes
+from reproml.report.aggregate import in_domain, mean_ci, read_episodes, read_summary
 from reproml.report.claims import METHOD_NAMES, paired_outcome
 from reproml.statistics import paired_difference, summarize
 
@@ -32,7 +29,7 @@ def meta_lstm_episodes(eval_files, setting):
     """{train seed: {episode fingerprint: accuracy}} of the in-domain meta-learner evaluations of `setting`."""
     by_seed = {}
     for path in eval_files:
-        summary = json.loads(Path(path).read_text())
+        summary = read_summary(path)
         if summary["method"] == "meta_lstm" and summary["setting"] == setting and in_domain(summary):
             by_seed[summary["train_seed"]] = read_episodes(path)
     return by_seed

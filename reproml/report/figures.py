@@ -2,7 +2,6 @@
 validation-accuracy curves (every seed, the selected checkpoint marked) and the meta-learner's gate
 values across inner updates, one of each per setting."""
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -13,9 +12,13 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from reproml.atomic import atomic_path  # noqa: E402
-from reproml.report.aggregate import in_domain, published_lookup  # noqa: E402
+from reproml.evaluation.gates import GATE_COLUMNS  # noqa: E402
+from reproml.files import read_frame  # noqa: E402
+from reproml.report.aggregate import COLUMNS as SUMMARY_COLUMNS  # noqa: E402
+from reproml.report.aggregate import in_domain, published_lookup, read_summary  # noqa: E402
 from reproml.report.claims import METHOD_NAMES  # noqa: E402
 from reproml.report.tables import method_order  # noqa: E402
+from reproml.training.run_log import read_curve, read_run  # noqa: E402
 
 
 def save(fig, target, layout=True):
@@ -30,7 +33,7 @@ def save(fig, target, layout=True):
 def accuracy_figure(summary_csv, published_path, out):
     """Write `accuracy.png` into `out`: per setting, every method's test accuracy with its 95% CI
     (ours), beside the paper's published figure and the COMP6248 reproduction's."""
-    summary = pd.read_csv(summary_csv)
+    summary = read_frame(summary_csv, "summary.csv", SUMMARY_COLUMNS)
     summary = summary[in_domain(summary) & (summary["episodes"] > 0)]
     paper, comp6248 = published_lookup(published_path)
     settings = list(dict.fromkeys(summary["setting"]))
@@ -69,8 +72,8 @@ def curve_figures(run_files, out):
     """Write `curve_<setting>.png` into `out` for the runs (run.json files) of each setting."""
     runs = {}
     for path in run_files:
-        run = json.loads(Path(path).read_text())
-        run["curve"] = pd.read_csv(Path(path).parent / "curve.csv")
+        run = read_run(path)
+        run["curve"] = read_curve(path)
         runs.setdefault(run["setting"], []).append(run)
     written = []
     for setting, setting_runs in runs.items():
@@ -102,8 +105,8 @@ def gate_figures(gate_files, out):
     Each gates.csv sits beside the summary.json of its evaluation, which names the setting."""
     tables = {}
     for path in gate_files:
-        setting = json.loads((Path(path).parent / "summary.json").read_text())["setting"]
-        tables.setdefault(setting, []).append(pd.read_csv(path))
+        setting = read_summary(Path(path).parent / "summary.json")["setting"]
+        tables.setdefault(setting, []).append(read_frame(path, "gates.csv", GATE_COLUMNS))
     written = []
     for setting, frames in tables.items():
         gates = pd.concat(frames)

@@ -7,12 +7,15 @@ from pathlib import Path
 import yaml
 
 from reproml.atomic import atomic_path, write_text
+from reproml.files import existing
 from reproml.report.render import rerun_command
 
 
 def publish(files, figures, config, configfiles, out):
     """Copy `files` into `out` and `figures` into `out`/figures, and write `out`/config.yaml: the
     configuration as the pipeline ran it (every default filled in), with the command that remakes it."""
+    for path in (*files, *figures):
+        existing(path, "report file" if path in files else "figure")
     out = Path(out)
     for source, target in [(f, out / Path(f).name) for f in files] + [(f, out / "figures" / Path(f).name)
                                                                       for f in figures]:

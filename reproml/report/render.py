@@ -8,7 +8,6 @@ import base64
 import datetime
 import html
 import importlib.metadata
-import json
 import platform
 import re
 import shutil
@@ -16,18 +15,19 @@ import subprocess
 from pathlib import Path
 
 import jinja2
-import pandas as pd
-import yaml
 from markupsafe import Markup
 
-from reproml.atomic import atomic_path, write_text
+from reproml.atomic import atomic_path, make_dir, write_text
 from reproml.data.prepared import read_manifest
-from reproml.report.aggregate import fmt, in_domain, mean_ci, published_lookup
+from reproml.files import existing, read_frame, read_yaml, reading
+from reproml.report.aggregate import COLUMNS as SUMMARY_COLUMNS
+from reproml.report.aggregate import fmt, in_domain, mean_ci, published_lookup, read_summary
 from reproml.report.analyses import image_pool_ablation, transfer_table
 from reproml.report.claims import assess_claims
 from reproml.report.study import budgets, compute, differences, meta_fractions, scope
 from reproml.report.tables import LONG_HEADER, LONG_KEYS, long_table, long_table_csv, table_one
 from reproml.settings import DEVIATIONS, TaskSettings
+from reproml.training.run_log import read_curve, read_run
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "jinja2", "pillow", "snakemake", "reproml")
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -99,8 +99,8 @@ def run_details(run_files, evals):
     evals = {(e["setting"], e["train_seed"]): e for e in evals if e["method"] == "meta_lstm"}
     details = {}
     for path in run_files:
-        run = json.loads(Path(path).read_text())
-        curve = pd.read_csv(Path(path).parent / "curve.csv").to_dict("records")
+        run = read_run(path)
+        curve = read_curve(path).to_dict("records")
         e = evals.get((run["setting"], run["seed"]), {})
         settings = TaskSettings.from_dict(run["settings"])
         details.setdefault(run["setting"], {"settings": settings, "inner_steps": settings.inner_steps,
@@ -121,7 +121,7 @@ def baseline_details(pretrain_files, evals):
     """The pre-trained networks, and the fine-tuning point chosen per (setting, seed)."""
     pretraining = []
     for path in pretrain_files:
-        run = json.loads(Path(path).read_text())
+        run = read_run(path, ("seed", "steps", "best_step", "best_val_acc"))
         pretraining.append({"seed": run["seed"], "steps": run["steps"], "batch_size": run["batch_size"], "lr": run["lr"],
                             "best_step": run["best_step"], "best_val_acc": fmt(run["best_val_acc"]),
                             "val": f"every {run['val_every']} steps over {run['val_episodes']} episodes",
@@ -133,14 +133,15 @@ def baseline_details(pretrain_files, evals):
     return pretraining, finetune
 
 
-def embedded_figures(figures, names, out):
-    """Copy each figure beside the report (for LaTeX) and inline it (for the self-contained HTML)."""
+def embedded_figures(figures, names):
+    """Each figure inlined (for the self-contained HTML) and named as the LaTeX report finds its copy."""
     embedded = []
     for label, name in names:
         figure = Path(figures) / name
-        shutil.copyfile(figure, out / "figures" / name)
-        embedded.append({"setting": label, "file": f"figures/{name}",
-                         "data_uri": "data:image/png;base64," + base64.b64encode(figure.read_bytes()).decode()})
+        with reading(figure, "figure"):
+            data = existing(figure, "figure").read_bytes()
+        embedded.append({"setting": label, "file": f"figures/{name}", "source": figure,
+                         "data_uri": "data:image/png;base64," + base64.b64encode(data).decode()})
     return embedded
 
 
@@ -152,7 +153,7 @@ def rerun_command(configfiles):
 
 def prose(templates, values, formatter):
     """prose.yaml's paragraphs with their {placeholders} filled, formatted by `formatter`."""
-    paragraphs = yaml.safe_load((Path(templates) / "prose.yaml").read_text())
+    paragraphs = read_yaml(Path(templates) / "prose.yaml", "report prose")
     return {key: formatter(text.format(**values)) for key, text in paragraphs.items()}
 
 
@@ -170,18 +171,16 @@ def environments(templates):
 
 def render_report(templates, summary_csv, manifest_path, figures, benchmarks, config, configfiles, run_files, eval_files,
                   pretrain_files, published_path, out):
-    out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    summary = pd.read_csv(summary_csv, dtype={"image_pool": str})
+    summary = read_frame(summary_csv, "summary.csv", SUMMARY_COLUMNS)
     manifest = read_manifest(Path(manifest_path).parent)
     demo = manifest["source"]["format"] == "demo"
     home = summary[in_domain(summary)]
     paper, comp6248 = published_lookup(published_path)
-    evals = [e for e in map(json.loads, (Path(p).read_text() for p in eval_files)) if in_domain(e)]
+    evals = [e for e in map(read_summary, eval_files) if in_domain(e)]
     details = run_details(run_files, evals)
     pretraining, finetune = baseline_details(pretrain_files, evals)
     image_pool = image_pool_ablation(config["settings"], eval_files)
-    runs = [json.loads(Path(p).read_text()) for p in run_files]
+    runs = [read_run(p) for p in run_files]
     devices = sorted({r["device"] for r in runs} | {e["device"] for e in evals})
     long_rows = long_table(home)
     compute_rows = compute(benchmarks, devices)
@@ -193,9 +192,9 @@ def render_report(templates, summary_csv, manifest_path, figures, benchmarks, co
         "compute": compute_rows, "gpu_hours": any(r["gpu_h"] is not None for r in compute_rows),
         "differences": differences(config, manifest, details, pretraining, home),
         "table_one": table_one(home, paper, comp6248), "long_rows": long_rows,
-        "accuracy": embedded_figures(figures, [("accuracy", "accuracy.png")], out)[0],
-        "curves": embedded_figures(figures, [(s, f"curve_{s}.png") for s in details], out),
-        "gates": embedded_figures(figures, [(s, f"gates_{s}.png") for s in details], out),
+        "accuracy": embedded_figures(figures, [("accuracy", "accuracy.png")])[0],
+        "curves": embedded_figures(figures, [(s, f"curve_{s}.png") for s in details]),
+        "gates": embedded_figures(figures, [(s, f"gates_{s}.png") for s in details]),
         "pretraining": pretraining, "finetune": finetune, "image_pool": image_pool, "transfer": transfer_table(summary),
         "deviations": [(name, DEVIATIONS[name]) for name in config.get("deviations", [])],
         "versions": package_versions(), "commit": git_commit(), "devices": devices,
@@ -205,10 +204,16 @@ def render_report(templates, summary_csv, manifest_path, figures, benchmarks, co
     }
     values = {"dataset": manifest["name"], "budget_fraction": f"{config.get('budget_fraction', 1):g}"}
     html_env, tex_env = environments(templates)
-    write_text(out / "report.html", html_env.get_template("report.html.j2").render(
-        {**context, "prose": prose(templates, values, prose_html)}))
+    html = html_env.get_template("report.html.j2").render({**context, "prose": prose(templates, values, prose_html)})
+    tex = tex_env.get_template("report.tex.j2").render(
+        {**context, "prose": prose(templates, values, prose_tex), "long_table": Markup(booktabs(long_rows))})
+    # every input read: only now is anything written
+    out = make_dir(Path(out))
+    for figure in [context["accuracy"], *context["curves"], *context["gates"]]:
+        with atomic_path(out / figure["file"]) as tmp:
+            shutil.copyfile(figure["source"], tmp)
+    write_text(out / "report.html", html)
     write_text(out / "main_table.tex", booktabs(long_rows))
     with atomic_path(out / "main_table.csv") as tmp:
         long_table_csv(long_rows, tmp)
-    write_text(out / "report.tex", tex_env.get_template("report.tex.j2").render(
-        {**context, "prose": prose(templates, values, prose_tex), "long_table": Markup(booktabs(long_rows))}))
+    write_text(out / "report.tex", tex)

@@ -3,9 +3,10 @@ what was run (scope), each budget beside the paper's, the compute each stage too
 differs from the paper and why. All of it is derived from the run's configuration, its run.json
 files and Snakemake's benchmark files, so that it cannot drift from what was actually done."""
 
-import csv
 from pathlib import Path
 
+from reproml.errors import UserError
+from reproml.files import read_csv
 from reproml.report.claims import METHOD_NAMES
 from reproml.report.tables import PAPER_ORDER
 from reproml.settings import (PAPER_PRETRAIN_STEPS, PAPER_TEST_EPISODES, PAPER_VALIDATION, paper_iterations,
@@ -80,12 +81,17 @@ def compute(benchmarks, devices):
     jobs ran on a GPU, GPU-hours (their wall time on one GPU each); the last row is the total."""
     stages = {}
     for path in sorted(Path(benchmarks).rglob("*.tsv")):
-        with open(path, newline="") as f:
-            row = next(csv.DictReader(f, delimiter="\t"))
+        rows = read_csv(path, "Snakemake benchmark file", ("s", "cpu_time"), delimiter="\t")
+        if not rows:
+            raise UserError(f"{path}: an empty Snakemake benchmark file")
+        row = rows[0]
         stage = stages.setdefault(stage_of(rule_of(path, Path(benchmarks))), {"jobs": 0, "wall": 0.0, "cpu": 0.0})
         stage["jobs"] += 1
-        stage["wall"] += float(row["s"])
-        stage["cpu"] += float(row.get("cpu_time") or 0)
+        try:
+            stage["wall"] += float(row["s"])
+            stage["cpu"] += float(row["cpu_time"] or 0)
+        except ValueError:
+            raise UserError(f"{path}: not a Snakemake benchmark file (its times are not numbers)") from None
     on_gpu = any(d.startswith("cuda") for d in devices)
     order = list(STAGES) + ["other"]
     rows = [{"stage": name, "jobs": s["jobs"], "wall_h": s["wall"] / 3600, "cpu_h": s["cpu"] / 3600,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from reproml.atomic import save_torch, write_json
+from reproml.atomic import make_dir, save_torch, write_json
 from reproml.data.episodes import EpisodeSampler
 from reproml.data.prepared import load_split, read_manifest
 from reproml.errors import UserError
@@ -70,7 +70,7 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
         meta.load_state_dict(saved["meta_learner"])
         optimizer.load_state_dict(saved["optimizer"])
         state, best = saved["state"], saved["best"]
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
 
     bar = tqdm(total=iterations, initial=state["iteration"], desc=f"train {label}",
                unit="ep", disable=not progress)

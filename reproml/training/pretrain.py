@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from reproml.atomic import save_torch, write_json
+from reproml.atomic import make_dir, save_torch, write_json
 from reproml.data.episodes import EpisodeSampler
 from reproml.data.prepared import load_split, read_manifest
 from reproml.errors import UserError
@@ -74,7 +74,7 @@ def pretrain(data, steps, batch_size, lr, val_every, val_episodes, seed, out, de
         net.bn_stats = [tuple(pair) for pair in saved["bn_stats"]]
         optimizer.load_state_dict(saved["optimizer"])
         state, best = saved["state"], saved["best"]
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
 
     images, labels = train_split.images, torch.as_tensor(train_split.labels, device=device)
     bar = tqdm(total=steps, initial=state["iteration"], desc="pretrain", unit="step", disable=not progress)

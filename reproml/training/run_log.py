@@ -5,11 +5,16 @@ the best validation so far. All of it is plain data, saved in last.pt to resume.
 import csv
 import io
 import sys
+from pathlib import Path
 
 import torch
 
 from reproml.atomic import save_torch, write_text
 from reproml.errors import UserError
+from reproml.files import load_torch, read_frame, read_json
+
+# What every last.pt holds (meta-training adds the meta-learner and its optimiser, pre-training the network).
+RESUME_KEYS = {"run_config", "state", "best"}
 
 CURVE_COLUMNS = ["iteration", "train_loss", "train_acc", "val_acc", "val_ci95"]
 
@@ -27,7 +32,11 @@ def load_last(out, run_config, length_option, length, device):
     last = out / "last.pt"
     if not last.exists():
         return None
-    saved = torch.load(last, map_location=device, weights_only=True)
+    saved = load_torch(last, "run state to resume from")
+    if not isinstance(saved, dict) or not RESUME_KEYS <= saved.keys() or not isinstance(saved["run_config"], dict):
+        raise UserError(f"{last}: not the run state of a reproml training run; delete it (or the folder) to start "
+                        "afresh, or use another --out")
+    saved = to_device(saved, device)
     if saved["run_config"] != run_config:
         differ = sorted(key for key in saved["run_config"].keys() | run_config.keys()
                         if saved["run_config"].get(key) != run_config.get(key))
@@ -39,6 +48,17 @@ def load_last(out, run_config, length_option, length, device):
                         "use another --out")
     print(f"{out}: resuming from iteration {done}", file=sys.stderr, flush=True)
     return saved
+
+
+def to_device(value, device):
+    """A checkpoint's tensors (nested in dicts, lists and tuples) moved to `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
 
 
 def new_state():
@@ -73,6 +93,20 @@ def write_outputs(out, state, best):
     """best.pt and curve.csv, written after every validation so that they can be read while training runs."""
     save_torch(out / "best.pt", best)
     write_text(out / "curve.csv", curve_csv(state["curve"]))
+
+
+def read_run(path, keys=("setting", "seed", "settings", "best_iteration", "best_val_acc")):
+    """A training run's run.json, checked to be one."""
+    run = read_json(path, "run.json of a training run")
+    missing = [key for key in keys if key not in run]
+    if missing:
+        raise UserError(f"{path}: not the run.json of a training run (no {', '.join(missing)})")
+    return run
+
+
+def read_curve(run_file):
+    """The curve.csv beside a run.json, as a DataFrame."""
+    return read_frame(Path(run_file).parent / "curve.csv", "validation curve", CURVE_COLUMNS)
 
 
 def curve_csv(rows):

@@ -7,16 +7,16 @@ point, so that an interrupted search resumes) and choice.json (the chosen point,
 'reproml evaluate --method baseline_finetune').
 """
 
-import csv
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from reproml.atomic import write_json, write_text
+from reproml.atomic import make_dir, write_json, write_text
 from reproml.data.episodes import EpisodeSampler
 from reproml.data.prepared import load_split, read_manifest
 from reproml.errors import UserError
+from reproml.files import read_csv
 from reproml.evaluation.evaluate import check_image_size, episode_accuracies
 from reproml.methods.finetune import UPDATES, finetune_classifier
 from reproml.models.pretrained import load_pretrained
@@ -30,8 +30,10 @@ def read_grid(path, lrs, decays):
     """The finished rows of an earlier search with the same grid, or [] if there is none."""
     if not path.exists():
         return []
-    with open(path, newline="") as f:
-        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    try:
+        rows = [{k: float(row[k]) for k in GRID_COLUMNS} for row in read_csv(path, "fine-tuning grid", GRID_COLUMNS)]
+    except ValueError:
+        raise UserError(f"{path}: not a fine-tuning grid (a value is not a number); delete it to search again") from None
     grid = [(lr, decay) for lr in lrs for decay in decays]
     if [(r["lr"], r["decay"]) for r in rows] != grid[:len(rows)]:
         raise UserError(f"{path}: holds a search over another grid; use another --out or delete it")
@@ -57,7 +59,7 @@ def select_finetune(data, checkpoint, n_way, k_shot, n_query, lrs, decays, episo
     sampler = EpisodeSampler(load_split(data, "val", device), n_way, k_shot, n_query, seed)
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     grid_path = out / "grid.csv"
     rows = read_grid(grid_path, lrs, decays)
     if rows:

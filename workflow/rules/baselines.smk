@@ -34,8 +34,8 @@ rule pretrain:
     benchmark:
         "benchmarks/pretrain/{dataset}/seed{seed}.tsv"
     shell:
-        "reproml pretrain --data {DATA} {params.args} --seed {wildcards.seed} --device {params.device}"
-        " --threads {threads} --out {params.out} > {log} 2>&1"
+        "reproml pretrain --data {DATA:q} {params.args} --seed {wildcards.seed:q} --device {params.device:q}"
+        " --threads {threads} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule select_finetune:
@@ -59,8 +59,8 @@ rule select_finetune:
     benchmark:
         "benchmarks/select_finetune/{dataset}/{setting}/seed{seed}.tsv"
     shell:
-        "reproml select-finetune --data {DATA} --checkpoint {input.pretrained} {params.episode} {params.grid}"
-        " --seed {params.seed} --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"
+        "reproml select-finetune --data {DATA:q} --checkpoint {input.pretrained:q} {params.episode} {params.grid}"
+        " --seed {params.seed} --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule evaluate_baseline_nearest_neighbor:
@@ -84,9 +84,9 @@ rule evaluate_baseline_nearest_neighbor:
     benchmark:
         "benchmarks/evaluate_baseline_nearest_neighbor/{dataset}/{setting}/seed{seed}.tsv"
     shell:
-        "reproml evaluate --method baseline_nearest_neighbor --data {DATA} --checkpoint {input.pretrained}"
-        " {params.episode} --label {wildcards.setting} --episodes {params.episodes} --seed {params.seed}"
-        " --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"
+        "reproml evaluate --method baseline_nearest_neighbor --data {DATA:q} --checkpoint {input.pretrained:q}"
+        " {params.episode} --label {wildcards.setting:q} --episodes {params.episodes} --seed {params.seed}"
+        " --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule evaluate_baseline_finetune:
@@ -111,9 +111,9 @@ rule evaluate_baseline_finetune:
     benchmark:
         "benchmarks/evaluate_baseline_finetune/{dataset}/{setting}/seed{seed}.tsv"
     shell:
-        "reproml evaluate --method baseline_finetune --data {DATA} --checkpoint {input.pretrained}"
-        " --finetune-choice {input.choice} {params.episode} --label {wildcards.setting} --episodes {params.episodes}"
-        " --seed {params.seed} --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"
+        "reproml evaluate --method baseline_finetune --data {DATA:q} --checkpoint {input.pretrained:q}"
+        " --finetune-choice {input.choice:q} {params.episode} --label {wildcards.setting:q} --episodes {params.episodes}"
+        " --seed {params.seed} --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule evaluate_pixel_nearest_neighbor:
@@ -134,6 +134,6 @@ rule evaluate_pixel_nearest_neighbor:
     benchmark:
         "benchmarks/evaluate_pixel_nearest_neighbor/{dataset}/{setting}.tsv"
     shell:
-        "reproml evaluate --method pixel_nearest_neighbor --data {DATA} {params.episode} --label {wildcards.setting}"
-        " --episodes {params.episodes} --seed {params.seed} --device {params.device} --threads {threads}"
-        " --out {params.out} > {log} 2>&1"
+        "reproml evaluate --method pixel_nearest_neighbor --data {DATA:q} {params.episode} --label {wildcards.setting:q}"
+        " --episodes {params.episodes} --seed {params.seed} --device {params.device:q} --threads {threads}"
+        " --out {params.out:q} > {log:q} 2>&1"

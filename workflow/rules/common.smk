@@ -1,13 +1,15 @@
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
 
-from reproml.config import validate_config
+from reproml.config import check_config_files, validate_config
 from reproml.errors import UserError
 
 try:
+    check_config_files(workflow.overwrite_configfiles or [Path(workflow.basedir) / "config" / "config.yaml"])
     validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 except UserError as error:
     sys.exit(str(error))

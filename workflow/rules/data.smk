@@ -2,7 +2,7 @@ def source_args(d):
     """The `reproml prepare` options that name a dataset entry's source."""
     if d["format"] == "demo":
         return f"--format demo --seed {d['seed']} --images-per-class {d['images_per_class']}"
-    return f"--format {d['format']} --root '{d['root']}'"
+    return f"--format {d['format']} --root {shlex.quote(d['root'])}"
 
 
 rule prepare_data:
@@ -16,8 +16,8 @@ rule prepare_data:
     benchmark:
         "benchmarks/prepare_data/{dataset}.tsv"
     shell:
-        "reproml prepare {params.source} --image-size {params.image_size} --name {wildcards.dataset}"
-        " --out results/data/{wildcards.dataset} > {log} 2>&1"
+        "reproml prepare {params.source} --image-size {params.image_size} --name {wildcards.dataset:q}"
+        " --out results/data/{wildcards.dataset:q} > {log:q} 2>&1"
 
 
 # A transfer dataset is prepared at the training image size, whatever its own size or colour.
@@ -33,5 +33,5 @@ rule prepare_transfer_data:
     benchmark:
         "benchmarks/prepare_transfer_data/{eval_dataset}.tsv"
     shell:
-        "reproml prepare {params.source} --image-size {params.image_size} --name {wildcards.eval_dataset}"
-        " --quiet --out {params.out} > {log} 2>&1"
+        "reproml prepare {params.source} --image-size {params.image_size} --name {wildcards.eval_dataset:q}"
+        " --quiet --out {params.out:q} > {log:q} 2>&1"

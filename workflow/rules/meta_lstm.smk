@@ -31,8 +31,8 @@ rule train_meta_lstm:
     benchmark:
         "benchmarks/train_meta_lstm/{dataset}/{setting}/seed{seed}.tsv"
     shell:
-        "reproml train --data {DATA} {params.args} --seed {wildcards.seed} --label {wildcards.setting}"
-        " --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"
+        "reproml train --data {DATA:q} {params.args} --seed {wildcards.seed:q} --label {wildcards.setting:q}"
+        " --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule evaluate_meta_lstm:
@@ -56,5 +56,5 @@ rule evaluate_meta_lstm:
     benchmark:
         "benchmarks/evaluate_meta_lstm/{dataset}/{setting}/seed{seed}.tsv"
     shell:
-        "reproml evaluate --data {DATA} --checkpoint {input.best} --episodes {params.episodes}"
-        " --seed {params.seed} --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"
+        "reproml evaluate --data {DATA:q} --checkpoint {input.best:q} --episodes {params.episodes}"
+        " --seed {params.seed} --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"

@@ -31,7 +31,7 @@ rule aggregate:
     benchmark:
         "benchmarks/aggregate.tsv"
     shell:
-        "reproml aggregate --published {input.published} --out {output.summary} {input.evals} > {log} 2>&1"
+        "reproml aggregate --published {input.published:q} --out {output.summary:q} {input.evals:q} > {log:q} 2>&1"
 
 
 rule figures:
@@ -48,8 +48,8 @@ rule figures:
     benchmark:
         "benchmarks/figures.tsv"
     shell:
-        "reproml figures --out results/figures {input.runs} --gates {input.gates} --summary {input.summary}"
-        " --published {input.published} > {log} 2>&1"
+        "reproml figures --out results/figures {input.runs:q} --gates {input.gates:q} --summary {input.summary:q}"
+        " --published {input.published:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -73,10 +73,10 @@ rule report:
     benchmark:
         "benchmarks/report.tsv"
     shell:
-        "reproml report --templates report/templates --summary {input.summary} --manifest {input.manifest} --figures results/figures"
+        "reproml report --templates report/templates --summary {input.summary:q} --manifest {input.manifest:q} --figures results/figures"
         " --benchmarks benchmarks --config-json {params.config:q} --configfiles {params.configfiles:q}"
-        " --runs {input.runs} --evals {input.evals} --pretrain-runs {input.pretrain_runs} --published {input.published}"
-        " --out results/report > {log} 2>&1"
+        " --runs {input.runs:q} --evals {input.evals:q} --pretrain-runs {input.pretrain_runs:q} --published {input.published:q}"
+        " --out results/report > {log:q} 2>&1"
 
 
 rule report_pdf:
@@ -89,7 +89,7 @@ rule report_pdf:
     benchmark:
         "benchmarks/report_pdf.tsv"
     shell:
-        "latexmk -pdf -interaction=nonstopmode -halt-on-error -cd {input.tex} > {log} 2>&1"
+        "latexmk -pdf -interaction=nonstopmode -halt-on-error -cd {input.tex:q} > {log:q} 2>&1"
 
 
 # A copy of the rendered report where it can be committed and linked (config key `publish`).
@@ -115,5 +115,5 @@ if "publish" in config:
         log:
             "logs/publish_report.log",
         shell:
-            "reproml publish {input.html} {input.pdf} {input.summary} --figures {input.figures}"
-            " --config-json {params.config:q} --configfiles {params.configfiles:q} --out {params.out:q} > {log} 2>&1"
+            "reproml publish {input.html:q} {input.pdf:q} {input.summary:q} --figures {input.figures:q}"
+            " --config-json {params.config:q} --configfiles {params.configfiles:q} --out {params.out:q} > {log:q} 2>&1"

@@ -16,11 +16,11 @@ def transfer_inputs(wildcards):
 
 
 def transfer_method_args(wildcards, input):
-    args = f"--checkpoint {input.checkpoint}"
+    args = f"--checkpoint {shlex.quote(input.checkpoint)}"
     if wildcards.method != "meta_lstm":
         args += " " + episode_args(wildcards)
     if wildcards.method == "baseline_finetune":
-        args += f" --finetune-choice {input.choice}"
+        args += f" --finetune-choice {shlex.quote(input.choice)}"
     return args
 
 
@@ -47,9 +47,9 @@ rule evaluate_transfer:
     benchmark:
         "benchmarks/evaluate_transfer/{dataset}/{eval_dataset}/{setting}/seed{seed}/{method}.tsv"
     shell:
-        "reproml evaluate --method {wildcards.method} --data {params.data} {params.method} --label {wildcards.setting}"
-        " --train-dataset {wildcards.dataset} --skip-if-too-small --episodes {params.episodes} --seed {params.seed}"
-        " --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"
+        "reproml evaluate --method {wildcards.method:q} --data {params.data:q} {params.method} --label {wildcards.setting:q}"
+        " --train-dataset {wildcards.dataset:q} --skip-if-too-small --episodes {params.episodes} --seed {params.seed}"
+        " --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule evaluate_transfer_pixel_nearest_neighbor:
@@ -71,6 +71,6 @@ rule evaluate_transfer_pixel_nearest_neighbor:
     benchmark:
         "benchmarks/evaluate_transfer/{dataset}/{eval_dataset}/{setting}/pixel_nearest_neighbor.tsv"
     shell:
-        "reproml evaluate --method pixel_nearest_neighbor --data {params.data} {params.episode} --label {wildcards.setting}"
-        " --train-dataset {wildcards.dataset} --skip-if-too-small --episodes {params.episodes} --seed {params.seed}"
-        " --device {params.device} --threads {threads} --out {params.out} > {log} 2>&1"
+        "reproml evaluate --method pixel_nearest_neighbor --data {params.data:q} {params.episode} --label {wildcards.setting:q}"
+        " --train-dataset {wildcards.dataset:q} --skip-if-too-small --episodes {params.episodes} --seed {params.seed}"
+        " --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"

@@ -66,11 +66,15 @@ def read_text(path, what="text file"):
         return existing(path, what).read_text(encoding="utf-8")
 
 
-def read_json(path, what="JSON file", expect=dict):
+def read_json(path, what="JSON file", keys=()):
+    """A JSON object, checked to hold `keys`."""
     with reading(path, what):
         value = json.loads(read_text(path, what))
-    if not isinstance(value, expect):
-        raise UserError(f"{path}: not a {what} (expected a JSON {'object' if expect is dict else expect.__name__})")
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: not a {what} (expected a JSON object)")
+    missing = [key for key in keys if key not in value]
+    if missing:
+        raise UserError(f"{path}: not a {what} (no {', '.join(missing)})")
     return value
 
 

@@ -46,11 +46,7 @@ SUMMARY_KEYS = ("method", "dataset", "setting", "n_way", "k_shot", "train_seed")
 
 def read_summary(path):
     """An evaluation's summary.json, checked to be one."""
-    summary = read_json(path, "evaluation summary")
-    missing = [key for key in SUMMARY_KEYS if key not in summary]
-    if missing:
-        raise UserError(f"{path}: not a summary.json of 'reproml evaluate' (no {', '.join(missing)})")
-    return summary
+    return read_json(path, "evaluation summary", SUMMARY_KEYS)
 
 
 def in_domain(summary):

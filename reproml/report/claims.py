@@ -81,17 +81,34 @@ def against_published(ours, ref, fraction, want):
     return INCONCLUSIVE
 
 
+def paired_status(outcomes, competitive=False):
+    """A claim's status from the meta-learner's paired outcomes against each method: contradicted where it
+    is worse than one; supported where it is better than all (or, for `competitive`, worse than none)."""
+    if "worse" in outcomes:
+        return CONTRADICTED
+    return SUPPORTED if competitive or set(outcomes) == {"better"} else INCONCLUSIVE
+
+
+def against_our_matching_nets(rows, k_shot, competitive):
+    """(status, numbers) of the meta-learner against the Matching Networks of this run on the same
+    episodes, or None where this run has none."""
+    ran = [(m, find_row(rows, 5, k_shot, m)) for m in MATCHING_NETS if paired_text(find_row(rows, 5, k_shot, m))]
+    if not ran:
+        return None
+    outcomes = [paired_outcome(r["meta_lstm_minus_this"], r["meta_lstm_minus_this_ci95"]) for _, r in ran]
+    return (paired_status(outcomes, competitive),
+            "; ".join(f"meta-learner minus {METHOD_NAMES[m]} {paired_text(r)} (paired)" for m, r in ran))
+
+
 def one_shot_vs_matching_nets(rows, paper, fractions):
     text = (f"5-way 1-shot: the meta-learner LSTM is competitive with Matching Networks "
             f"({published(paper, 'meta_lstm', '5w1s')} against {published(paper, 'matching_net', '5w1s')})")
     ours = find_row(rows, 5, 1, "meta_lstm")
     if ours is None:
         return claim("Paper", text, NOT_JUDGED, "", "no 5-way 1-shot meta-learner in this run")
-    ran = [(m, find_row(rows, 5, 1, m)) for m in MATCHING_NETS if paired_text(find_row(rows, 5, 1, m))]
-    if ran:  # our own Matching Networks on the same episodes
-        outcomes = [paired_outcome(r["meta_lstm_minus_this"], r["meta_lstm_minus_this_ci95"]) for _, r in ran]
-        numbers = "; ".join(f"meta-learner minus {METHOD_NAMES[m]} {paired_text(r)} (paired)" for m, r in ran)
-        return claim("Paper", text, CONTRADICTED if "worse" in outcomes else SUPPORTED, numbers)
+    ours_against_ours = against_our_matching_nets(rows, 1, competitive=True)
+    if ours_against_ours:
+        return claim("Paper", text, *ours_against_ours)
     fraction = fractions.get(ours["setting"], 1.0)
     matching = paper.get(("matching_net", "5w1s"))
     numbers = (f"ours {mean_ci(ours['acc_mean'], ours['ci95'])} at {budget_text(fraction)} against the published "
@@ -110,7 +127,7 @@ def five_shot_vs_baselines(rows, paper):
     if missing:
         return claim("Paper", text, NOT_JUDGED, "", f"{' and '.join(missing)} not run")
     outcomes = [paired_outcome(r["meta_lstm_minus_this"], r["meta_lstm_minus_this_ci95"]) for r in compared.values()]
-    status = CONTRADICTED if "worse" in outcomes else SUPPORTED if set(outcomes) == {"better"} else INCONCLUSIVE
+    status = paired_status(outcomes)
     numbers = "; ".join(f"meta-learner minus {METHOD_NAMES[m]} {paired_text(r)} ({outcome})"
                         for (m, r), outcome in zip(compared.items(), outcomes))
     return claim("Paper", text, status, numbers + f" (paired, {compared[BASELINES[0]]['episodes']} test episodes)")
@@ -122,12 +139,9 @@ def five_shot_vs_matching_nets(rows, paper, fractions):
     ours = find_row(rows, 5, 5, "meta_lstm")
     if ours is None:
         return claim("Paper", text, NOT_JUDGED, "", "no 5-way 5-shot meta-learner in this run")
-    ran = [(m, find_row(rows, 5, 5, m)) for m in MATCHING_NETS if paired_text(find_row(rows, 5, 5, m))]
-    if ran:
-        outcomes = [paired_outcome(r["meta_lstm_minus_this"], r["meta_lstm_minus_this_ci95"]) for _, r in ran]
-        status = CONTRADICTED if "worse" in outcomes else SUPPORTED if set(outcomes) == {"better"} else INCONCLUSIVE
-        numbers = "; ".join(f"meta-learner minus {METHOD_NAMES[m]} {paired_text(r)} (paired)" for m, r in ran)
-        return claim("Paper", text, status, numbers)
+    ours_against_ours = against_our_matching_nets(rows, 5, competitive=False)
+    if ours_against_ours:
+        return claim("Paper", text, *ours_against_ours)
     fraction = fractions.get(ours["setting"], 1.0)
     statuses = [against_published(ours, paper[(m, "5w5s")], fraction, "higher") for m in MATCHING_NETS]
     status = CONTRADICTED if CONTRADICTED in statuses else SUPPORTED if set(statuses) == {SUPPORTED} else INCONCLUSIVE

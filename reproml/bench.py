@@ -17,7 +17,7 @@ from reproml.data.prepared import Split
 from reproml.errors import UserError
 from reproml.evaluation.evaluate import meta_lstm_classifier
 from reproml.methods.meta_lstm import build
-from reproml.models import kernels
+from reproml.kernels import build as kernels
 from reproml.settings import TaskSettings, resolve_device
 from reproml.training.meta_train import meta_step
 

@@ -1,7 +1,7 @@
-"""The package's fast path against the straightforward reference (`tests/reference.py`): the
+"""The package's fast path against the straightforward reference (`reproml/reference.py`): the
 same meta-gradients on the same episode and the same predictions on the same test episodes.
 The fast path runs with PyTorch's operations only and with the compiled CPU kernels
-(`reproml/models/kernels.py`: the meta-learner's first layer, each learner block's convolution,
+(`reproml/kernels/`: the meta-learner's first layer, each learner block's convolution,
 BatchNorm, pooling and ReLU, forward and backward); both are checked.
 
 Both paths run on channels-last images. The memory format alone changes the convolutions'
@@ -21,11 +21,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import reference
+from reproml import reference
 from reproml.bench import random_split
 from reproml.data.episodes import EpisodeSampler
 from reproml.methods.meta_lstm import build, query_logits
-from reproml.models import fused_block, fused_lstm, kernels
+from reproml.kernels import block as kernel_block
+from reproml.kernels import build as kernels
+from reproml.kernels import lstm as kernel_lstm
+from reproml.models.learner import plain_block
 from reproml.models.meta_learner import MetaLearnerLSTM
 from reproml.settings import TaskSettings
 
@@ -50,8 +53,8 @@ def assert_same_on_any_number_of_threads(compute):
 
 
 def pytorch_only(monkeypatch):
-    monkeypatch.setattr(MetaLearnerLSTM, "fused", lambda self: False)
-    monkeypatch.setattr(fused_block, "library", lambda: None)
+    monkeypatch.setattr(MetaLearnerLSTM, "uses_kernel", lambda self: False)
+    monkeypatch.setattr(kernel_block, "library", lambda: None)
 
 
 @pytest.fixture(params=["pytorch", "kernels"])
@@ -171,10 +174,10 @@ def test_the_lstm_kernel_gives_the_same_numbers_on_any_number_of_threads():
     generator = torch.Generator().manual_seed(1)
     weight, bias, proj = (torch.randn(shape, generator=generator).requires_grad_() for shape in ((80, 22), (80,), (20, 2)))
     features = torch.randn(2, n, generator=generator)
-    h, cell = (torch.randn(fused_lstm.blocks(n), 20, 8, generator=generator).requires_grad_() for _ in range(2))
+    h, cell = (torch.randn(kernel_lstm.blocks(n), 20, 8, generator=generator).requires_grad_() for _ in range(2))
 
     def compute():
-        outputs = fused_lstm.layer1(weight, bias, proj, features, h, cell)
+        outputs = kernel_lstm.layer1(weight, bias, proj, features, h, cell)
         grads = torch.autograd.grad(sum(o.square().sum() for o in outputs), [weight, bias, proj, h, cell])
         return [o.detach() for o in outputs] + list(grads)
 
@@ -189,8 +192,8 @@ def test_the_lstm_kernel_saturates_like_pytorch():
     bias = torch.tensor([-300.0, 300.0, -1e4, 1e4] * 20)
     proj = torch.ones(20, 2)
     features = torch.zeros(2, n)
-    h, cell = fused_lstm.initial_state(n, "cpu")
-    fused = fused_lstm.layer1(weight, bias, proj, features, h, cell)
+    h, cell = kernel_lstm.initial_state(n, "cpu")
+    fused = kernel_lstm.layer1(weight, bias, proj, features, h, cell)
     pytorch = MetaLearnerLSTM.layer1(weight, bias, proj, features, torch.zeros(n, 20), torch.zeros(n, 20))
     assert all(torch.isfinite(x).all() for x in fused)
     torch.testing.assert_close(fused[2], pytorch[2])
@@ -213,12 +216,12 @@ def test_the_convolution_kernels_give_the_output_and_all_gradients(batch, in_ch,
     out = F.conv2d(x, weight, bias, padding=1)
     exact = {"output": out.detach(), **dict(zip(["d input", "d weight", "d bias"],
                                               torch.autograd.grad(out, [x, weight, bias], grad_out)))}
-    x32, grad_out32 = (fused_block.channels_last(t.detach().float()) for t in (x, grad_out))
+    x32, grad_out32 = (kernel_block.channels_last(t.detach().float()) for t in (x, grad_out))
     weight32, bias32 = weight.detach().float(), bias.detach().float()
-    got = dict(zip(["d weight", "d bias"], fused_block.weight_grad(x32, weight32, grad_out32)))
-    got["output"] = fused_block.conv_forward(x32, weight32, bias32)
+    got = dict(zip(["d weight", "d bias"], kernel_block.weight_grad(x32, weight32, grad_out32)))
+    got["output"] = kernel_block.conv_forward(x32, weight32, bias32)
     if in_ch % 16 == 0:
-        got["d input"] = fused_block.conv_backward(x32, weight32, grad_out32)[0]
+        got["d input"] = kernel_block.conv_backward(x32, weight32, grad_out32)[0]
     for name, value in got.items():
         assert relative_error(value.double(), exact[name]) < 1e-5, name
 
@@ -231,12 +234,6 @@ def identity_taps(ch, in_ch):
     return weight
 
 
-def pytorch_block(x, weight, bias, running_mean, running_var, gamma, beta, training, momentum, eps):
-    z = F.batch_norm(F.conv2d(x, weight, bias, padding=1), running_mean, running_var, gamma, beta, training,
-                     momentum, eps)
-    return F.relu(F.max_pool2d(z, 2))
-
-
 def block_results(block, x, weight, bias, gamma, beta, outside):
     """Output, running statistics and gradients of a block in training mode (the input's
     gradient unless it is images: at most 4 channels)."""
@@ -245,7 +242,7 @@ def block_results(block, x, weight, bias, gamma, beta, outside):
     inputs[0].requires_grad_(not images)
     running_mean, running_var = torch.zeros_like(gamma), torch.ones_like(gamma)
     out = block(inputs[0], inputs[1], bias, running_mean, running_var, inputs[2], inputs[3], True, 0.1, 1e-3)
-    if block is fused_block.block:
+    if block is kernel_block.block:
         assert out.grad_fn.name() == ("FirstBlockBackward" if images else "ConvBlockBackward")
     grads = torch.autograd.grad((out * outside).sum(), [t for t in inputs if t.requires_grad])
     return [t.detach().double() for t in (out, running_mean, running_var, *grads)]
@@ -270,9 +267,9 @@ def test_the_block_kernels_give_values_gradients_and_running_statistics(batch, i
     x = x.contiguous(memory_format=torch.channels_last)
     gamma, beta = torch.rand(ch, generator=generator) - 0.3, torch.randn(ch, generator=generator) * 0.1
     outside = torch.randn(batch, ch, side // 2, side // 2, generator=generator)
-    fused = block_results(fused_block.block, x, weight, bias, gamma, beta, outside)
-    exact = block_results(pytorch_block, *(t.double() for t in (x, weight, bias, gamma, beta, outside)))
-    pytorch = block_results(pytorch_block, x, weight, bias, gamma, beta, outside)
+    fused = block_results(kernel_block.block, x, weight, bias, gamma, beta, outside)
+    exact = block_results(plain_block, *(t.double() for t in (x, weight, bias, gamma, beta, outside)))
+    pytorch = block_results(plain_block, x, weight, bias, gamma, beta, outside)
     names = ["output", "running mean", "running var"] + ["d x"] * (in_ch > 4) + ["d weight", "d gamma", "d beta"]
     for name, got, want, float32 in zip(names, fused, exact, pytorch, strict=True):
         # d weight sums d z * x over every pixel, and d z sums to zero per channel: the sum cancels
@@ -290,7 +287,7 @@ def test_the_block_kernels_give_the_same_numbers_on_any_number_of_threads(in_ch,
     gamma, beta = torch.rand(32, generator=generator), torch.zeros(32)
     outside = torch.randn(5, 32, side // 2, side // 2, generator=generator)
     assert_same_on_any_number_of_threads(
-        lambda: block_results(fused_block.block, x, weight, bias, gamma, beta, outside))
+        lambda: block_results(kernel_block.block, x, weight, bias, gamma, beta, outside))
 
 
 @pytest.mark.parametrize("in_ch", [16, 3])
@@ -304,17 +301,32 @@ def test_the_block_kernels_in_evaluation_mode_use_the_running_statistics(in_ch):
     arguments = (x, weight, bias, running_mean, running_var, gamma, beta)
     before = running_mean.clone(), running_var.clone()
     with torch.no_grad():
-        fused = fused_block.block(*arguments, False, 0.1, 1e-3)
-        exact = pytorch_block(*(t.double() for t in arguments), False, 0.1, 1e-3)
+        fused = kernel_block.block(*arguments, False, 0.1, 1e-3)
+        exact = plain_block(*(t.double() for t in arguments), False, 0.1, 1e-3)
     assert relative_error(fused.double(), exact) < 1e-6
     assert torch.equal(running_mean, before[0]) and torch.equal(running_var, before[1])  # only read
+
+
+def test_the_moments_cache_computes_a_batch_once_and_never_serves_stale_moments():
+    needs_kernels()
+    cache = kernel_block.MomentsCache(size=2)
+    x = torch.rand(3, 3, 10, 10).contiguous(memory_format=torch.channels_last)
+    first = cache(x)
+    assert cache(x) is first  # the same images: the same moments, not computed again
+    x.mul_(2)  # changed in place: its version counter moved on
+    doubled = cache(x)
+    assert doubled is not first and torch.allclose(doubled[0], 2 * first[0])
+    copy = x.clone()
+    assert cache(copy) is not doubled and torch.equal(cache(copy)[1], doubled[1])  # another tensor, computed anew
+    cache(torch.rand(3, 3, 10, 10).contiguous(memory_format=torch.channels_last))
+    assert len(cache.entries) == 2 and id(x) not in cache.entries  # the oldest makes room
 
 
 def test_the_patch_moments_are_exact_sums_of_the_images_patches():
     needs_kernels()
     generator = torch.Generator().manual_seed(5)
     x = torch.rand(3, 3, 13, 10, generator=generator)
-    sums, gram = fused_block.patch_moments(x.contiguous(memory_format=torch.channels_last))
+    sums, gram = kernel_block.patch_moments(x.contiguous(memory_format=torch.channels_last))
     # one row per output position, values in [kh][kw][channel] order
     patches = F.unfold(x.double(), 3, padding=1).view(3, 3, 9, -1).permute(0, 3, 2, 1).reshape(-1, 27)
     torch.testing.assert_close(sums, patches.sum(0), rtol=1e-12, atol=0)
@@ -332,8 +344,8 @@ def test_the_first_block_statistics_keep_their_precision_when_the_output_barely_
     weight = torch.zeros(16, 3, 3, 3)
     weight[:, :, 1, 1] = torch.rand(16, 3, generator=generator)
     bias, gamma, beta = torch.zeros(16), torch.ones(16), torch.zeros(16)
-    _, mean, var = fused_block.FirstBlock.apply(x.contiguous(memory_format=torch.channels_last), weight, bias, gamma,
-                                                beta, 1e-3, None)
+    images = x.contiguous(memory_format=torch.channels_last)
+    _, mean, var = kernel_block.FirstBlock.apply(images, weight, bias, gamma, beta, 1e-3, kernel_block.patch_moments(images))
     z = F.conv2d(x.double(), weight.double(), padding=1)
     assert relative_error(mean.double(), z.mean((0, 2, 3))) < 1e-7
     assert relative_error(var.double(), z.var((0, 2, 3), unbiased=False)) < 1e-5

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from reproml.methods.meta_lstm import adapt, build, query_logits
-from reproml.models import fused_lstm, kernels
+from reproml.kernels import build as kernels
+from reproml.kernels import lstm as kernel_lstm
 from reproml.models.learner import Learner, LearnerSpec
 from reproml.models.meta_learner import MetaLearnerLSTM, preprocess
 from reproml.settings import TaskSettings, resolve_device
@@ -184,7 +185,7 @@ def test_cuda_gives_the_cpu_meta_gradient_and_predictions():
 def to_blocked(rows):
     """(n, 20) -> the fused kernel's (blocks, 20, 8), zero padding rows."""
     n = rows.shape[0]
-    padded = torch.zeros(fused_lstm.blocks(n) * 8, rows.shape[1], dtype=rows.dtype)
+    padded = torch.zeros(kernel_lstm.blocks(n) * 8, rows.shape[1], dtype=rows.dtype)
     padded[:n] = rows
     return padded.view(-1, 8, rows.shape[1]).transpose(1, 2).contiguous()
 
@@ -194,7 +195,7 @@ def from_blocked(blocked, n):
 
 
 def needs_fused_kernel(implementation):
-    if implementation == "fused" and not fused_lstm.available("cpu"):
+    if implementation == "fused" and kernel_lstm.library() is None:
         pytest.skip(f"no compiled kernels here ({kernels.unavailable_reason() or 'they did not build'})")
 
 
@@ -221,7 +222,7 @@ def test_layer1_follows_torch_lstm_cell_values_and_gradients(implementation):
         return (new_h, new_c, projected), (h_in, c_in), lambda g: g
 
     def got():
-        layer1 = fused_lstm.layer1 if implementation == "fused" else MetaLearnerLSTM.layer1
+        layer1 = kernel_lstm.layer1 if implementation == "fused" else MetaLearnerLSTM.layer1
         convert = (lambda x: to_blocked(x)) if implementation == "fused" else (lambda x: x)
         back = (lambda x: from_blocked(x, n)) if implementation == "fused" else (lambda x: x)
         h_in, c_in = convert(h).requires_grad_(), convert(c).requires_grad_()

@@ -24,7 +24,7 @@ from reproml.evaluation.gates import GateRecorder
 from reproml.methods.finetune import finetune_classifier
 from reproml.methods.meta_lstm import load_checkpoint, query_logits
 from reproml.methods.nearest_neighbor import feature_nearest_neighbor, pixel_nearest_neighbor
-from reproml.models import kernels
+from reproml.kernels import build as kernels
 from reproml.models.pretrained import load_pretrained
 from reproml.settings import TaskSettings, resolve_device
 from reproml.statistics import summarize

@@ -26,12 +26,11 @@ def step_sizes(lr, decay, updates=UPDATES):
 def finetune(learner, params, bn_stats, support_x, support_y, sizes):
     """Plain full-batch SGD on every parameter, one update per step size, BN in training mode
     (updating `bn_stats` in place). Returns the fine-tuned parameters."""
-    support_moments = learner.image_moments(support_x)
+    support_x = support_x.contiguous(memory_format=torch.channels_last)  # once, not at every update
     for size in sizes:
         params = params.detach().requires_grad_()
         with torch.enable_grad():
-            loss = F.cross_entropy(learner(params, support_x, bn_stats, True, BN_MOMENTUM, support_moments),
-                                   support_y)
+            loss = F.cross_entropy(learner(params, support_x, bn_stats, True, BN_MOMENTUM), support_y)
             (grad,) = torch.autograd.grad(loss, params)
         params = params.detach() - size * grad
     return params

@@ -40,12 +40,11 @@ def adapt(meta, learner, settings, support_x, support_y, gates=None):
     divide_by_batch = not settings.has("no_grad_batch_division")
     batches = [(support_x[start:start + settings.batch_size], support_y[start:start + settings.batch_size])
                for start in range(0, len(support_x), settings.batch_size)]
-    moments = [learner.image_moments(x) for x, _ in batches]  # each batch recurs every epoch
     for _ in range(settings.epochs):
-        for (x, y), x_moments in zip(batches, moments):
+        for x, y in batches:
             theta = c.detach().requires_grad_()
             with torch.enable_grad():
-                loss = F.cross_entropy(learner(theta, x, bn_stats, True, settings.bn_momentum, x_moments), y)
+                loss = F.cross_entropy(learner(theta, x, bn_stats, True, settings.bn_momentum), y)
                 (grad,) = torch.autograd.grad(loss, theta)
             if divide_by_batch:
                 grad = grad / len(x)

@@ -5,7 +5,8 @@ that vector explicitly, so the same code runs the inner loop (a detached copy pe
 the query pass (the differentiable final cell state) and evaluation, with no module copies.
 
 Architecture (`model/lstm-classifier.lua`): 4 x [conv 3x3 (pad 1) -> BatchNorm (eps 1e-3)
--> ReLU -> max-pool 2x2], flatten, Linear(features, N).
+-> ReLU -> max-pool 2x2], flatten, Linear(features, N). Each block is `plain_block` below, or
+the same computation as compiled CPU kernels (`reproml/kernels/block.py`) where they run.
 """
 
 import math
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from reproml.models import fused_block
+from reproml.kernels import block as kernel_block
 
 
 @dataclass(frozen=True)
@@ -92,25 +93,30 @@ class Learner:
         f = self.spec.filters
         return [(torch.zeros(f, device=device), torch.ones(f, device=device)) for _ in range(self.spec.blocks)]
 
-    def image_moments(self, x):
-        """What the first block computes from images x alone: for a batch seen at every step,
-        compute it once and pass it as `image_moments` (fused_block.image_moments)."""
-        return fused_block.image_moments(x, self.spec.filters)
-
-    def features(self, flat, x, bn_stats, training, momentum, image_moments=None):
+    def features(self, flat, x, bn_stats, training, momentum):
         """The flattened output of the last block. In training mode BN normalises with the
-        batch's statistics and updates `bn_stats` in place; otherwise it uses `bn_stats`.
-        Each block runs as compiled kernels where it can (fused_block)."""
+        batch's statistics and updates `bn_stats` in place; otherwise it uses `bn_stats`."""
         params = self.unflatten(flat)
         x = x.contiguous(memory_format=torch.channels_last)  # the kernels' layout, and oneDNN's faster one here
         for b, (mean, var) in enumerate(bn_stats):
             conv_w, conv_b, bn_w, bn_b = params[4 * b: 4 * b + 4]
-            x = fused_block.block(x, conv_w, conv_b, mean, var, bn_w, bn_b, training, momentum, self.spec.bn_eps,
-                                  image_moments if b == 0 else None)
+            if kernel_block.runs(x, conv_w, conv_b, bn_w, bn_b, training):  # compiled kernels, the same computation
+                x = kernel_block.block(x, conv_w, conv_b, mean, var, bn_w, bn_b, training, momentum, self.spec.bn_eps)
+            else:
+                x = plain_block(x, conv_w, conv_b, mean, var, bn_w, bn_b, training, momentum, self.spec.bn_eps)
         return x.flatten(1)
 
-    def forward(self, flat, x, bn_stats, training, momentum, image_moments=None):
+    def forward(self, flat, x, bn_stats, training, momentum):
         head_w, head_b = self.unflatten(flat)[-2:]
-        return F.linear(self.features(flat, x, bn_stats, training, momentum, image_moments), head_w, head_b)
+        return F.linear(self.features(flat, x, bn_stats, training, momentum), head_w, head_b)
 
     __call__ = forward
+
+
+def plain_block(x, weight, bias, running_mean, running_var, gamma, beta, training, momentum, eps):
+    """relu(max_pool2d(batch_norm(conv2d(x, weight, bias, padding=1)), 2)), updating the running
+    statistics in training mode. Max-pooling comes before ReLU: the same values and gradients (ReLU is
+    monotone), a quarter of the ReLU work."""
+    z = F.batch_norm(F.conv2d(x, weight, bias, padding=1), running_mean, running_var, gamma, beta, training,
+                     momentum, eps)
+    return F.relu(F.max_pool2d(z, 2))

@@ -12,8 +12,8 @@ Layer 2 is the update rule:
 with f_{t-1}, i_{t-1} the previous step's pre-sigmoid values (zero at t = 0) and
 c_0 = cI, the learned initialisation of the learner.
 
-On CPUs that allow it, layer 1 and the h-terms of layer 2 run as one compiled kernel
-(`fused_lstm.py`); `layer1` below is the same computation in PyTorch, used elsewhere (CUDA).
+`layer1` below is layer 1 in PyTorch; on CPUs that allow it, the same computation runs as one
+compiled kernel (`reproml/kernels/lstm.py`), with the layer's state in the kernel's own layout.
 """
 
 import math
@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn as nn
 
-from reproml.models import fused_lstm
+from reproml.kernels import lstm as kernel_lstm
 
 
 def preprocess(x, p=10.0):
@@ -58,16 +58,18 @@ class MetaLearnerLSTM(nn.Module):
         return {"layer1": sum(p.numel() for p in self.lstm.parameters()),
                 "layer2": sum(p.numel() for p in (self.WF, self.WI, self.bF, self.bI, self.cI))}
 
-    def fused(self):
+    def uses_kernel(self):
         """Whether layer 1 runs as the compiled kernel (float32 on a CPU that allows it)."""
-        return (self.lstm.hidden_size == fused_lstm.HIDDEN and self.cI.dtype == torch.float32
-                and fused_lstm.available(self.cI.device))
+        return kernel_lstm.runs(self.lstm.hidden_size, self.cI)
 
     def initial_state(self):
         """(h, cell) of layer 1 and the pre-sigmoid (f, i) of layer 2, all zero at t = 0."""
         n, hidden = self.cI.shape[0], self.lstm.hidden_size
         zeros = self.cI.new_zeros
-        h, cell = fused_lstm.initial_state(n, self.cI.device) if self.fused() else (zeros(n, hidden), zeros(n, hidden))
+        if self.uses_kernel():
+            h, cell = kernel_lstm.initial_state(n, self.cI.device)
+        else:
+            h, cell = zeros(n, hidden), zeros(n, hidden)
         return h, cell, zeros(n), zeros(n)
 
     def layer1_weights(self, loss):
@@ -96,7 +98,7 @@ class MetaLearnerLSTM(nn.Module):
         Returns the new parameters, the new state, and the gate values (after the sigmoid)."""
         h, cell, f_prev, i_prev = state
         hidden = self.lstm.hidden_size
-        layer1 = fused_lstm.layer1 if self.fused() else self.layer1
+        layer1 = kernel_lstm.layer1 if self.uses_kernel() else self.layer1  # the same computation, compiled
         h, cell, (to_f, to_i) = layer1(*self.layer1_weights(loss), preprocess(grad, self.preprocess_p), h, cell)
         f_pre = to_f + self.WF[hidden] * c + self.WF[hidden + 1] * f_prev + self.bF
         i_pre = to_i + self.WI[hidden] * c + self.WI[hidden + 1] * i_prev + self.bI

@@ -26,7 +26,7 @@ from reproml.data.prepared import load_split, read_manifest
 from reproml.errors import UserError
 from reproml.evaluation.evaluate import episode_accuracies, meta_lstm_classifier
 from reproml.methods.meta_lstm import build, checkpoint, query_logits
-from reproml.models import kernels
+from reproml.kernels import build as kernels
 from reproml.settings import resolve_device
 from reproml.statistics import summarize
 from reproml.training.run_log import check_schedule, load_last, new_state, record_step, record_validation, write_outputs

@@ -1,6 +1,6 @@
 /* A learner block's kernels: the 3x3 convolution (padding 1), then BatchNorm (batch statistics),
  * 2x2 max-pooling and ReLU, forward and backward, on channels-last tensors. Compiled at first use
- * by `kernels.py`.
+ * by `reproml/kernels/build.py`.
  *
  * Why: oneDNN runs the backward pass of these small convolutions (32 channels, 42x42 and less,
  * 5 to 75 images) at about half the machine's multiply-add rate, and its weight gradient with

@@ -2,9 +2,10 @@
 
 Same equations as `MetaLearnerLSTM.layer1` plus the second layer's projection of h; on this
 layer PyTorch spends most of a 1-shot meta-training episode in a dozen memory-bound passes
-over all 32,901 rows, which the kernel does in one (see `lstm_cell.c`). Where the kernel cannot
-run (`kernels.py`), the PyTorch path runs instead. Its parameter gradients are summed in a fixed
-order, so the numbers do not depend on the number of threads.
+over all 32,901 rows, which the kernel does in one (see `lstm_cell.c`). The layer's state lives in
+the kernel's blocked layout (8 rows of every feature together; `initial_state`). Where the kernel
+cannot run (`build.py`), the PyTorch path runs instead. Its parameter gradients are summed in a
+fixed order, so the numbers do not depend on the number of threads.
 """
 
 import ctypes
@@ -13,7 +14,7 @@ import functools
 import torch
 from torch.autograd.function import once_differentiable
 
-from reproml.models import kernels
+from reproml.kernels import build
 
 LANES, INPUTS, HIDDEN, GATES = 8, 22, 20, 80
 PARAM_GRADS = GATES * INPUTS + GATES + HIDDEN * 2
@@ -21,7 +22,7 @@ PARAM_GRADS = GATES * INPUTS + GATES + HIDDEN * 2
 
 @functools.cache
 def library():
-    lib = kernels.load("lstm_cell")
+    lib = build.load("lstm_cell")
     if lib is not None:
         n, ptr = ctypes.c_long, ctypes.c_void_p
         lib.lstm_forward.argtypes = [n] + [ptr] * 10
@@ -29,8 +30,9 @@ def library():
     return lib
 
 
-def available(device):
-    return torch.device(device).type == "cpu" and library() is not None
+def runs(hidden_size, like):
+    """Whether the kernel runs a layer of `hidden_size` on tensors like `like` (float32 on the CPU)."""
+    return hidden_size == HIDDEN and like.dtype == torch.float32 and like.device.type == "cpu" and library() is not None
 
 
 def blocks(n):
@@ -49,7 +51,7 @@ class Layer1(torch.autograd.Function):
         n = features.shape[1]
         gates = h.new_empty(blocks(n), GATES, LANES)
         h_out, cell_out, projected = torch.empty_like(h), torch.empty_like(cell), features.new_empty(2, n)
-        kernels.call(library().lstm_forward, n, weight, bias, proj, features, h, cell, gates, h_out, cell_out, projected)
+        build.call(library().lstm_forward, n, weight, bias, proj, features, h, cell, gates, h_out, cell_out, projected)
         ctx.save_for_backward(weight, proj, features, h, cell, gates, cell_out)
         return h_out, cell_out, projected
 
@@ -61,8 +63,8 @@ class Layer1(torch.autograd.Function):
         dh_out, dcell_out, dprojected = (t.contiguous() for t in (dh_out, dcell_out, dprojected))
         dh, dcell = torch.empty_like(h), torch.empty_like(cell)
         param_grad = weight.new_empty(PARAM_GRADS)
-        kernels.call_allocating(library().lstm_backward, n, weight, proj, features, h, cell, gates, cell_out,
-                                dh_out, dcell_out, dprojected, dh, dcell, param_grad)
+        build.call_allocating(library().lstm_backward, n, weight, proj, features, h, cell, gates, cell_out,
+                              dh_out, dcell_out, dprojected, dh, dcell, param_grad)
         dweight, dbias, dproj = param_grad.split([GATES * INPUTS, GATES, HIDDEN * 2])
         return dweight.view(GATES, INPUTS), dbias, dproj.view(HIDDEN, 2), None, dh, dcell
 

@@ -1,5 +1,5 @@
 """A learner block (3x3 convolution, BatchNorm, 2x2 max-pooling, ReLU) as compiled CPU kernels
-(`block.c`), forward and backward.
+(`block.c`), forward and backward: the same computation as `learner.plain_block`.
 
 oneDNN runs the backward pass of these small convolutions at about half the machine's
 multiply-add rate (a fifth for the first one's weight gradient, with three input channels), and
@@ -8,19 +8,17 @@ full-resolution tensor; the kernels run the convolutions' backward at about thei
 pass's rate and the rest in two passes each way. The first block (`FirstBlock`: images, which
 need no gradient) takes BatchNorm's statistics from the images' patch moments instead of from
 z, so z is never stored, and its weight gradient needs only the pixels where the pooling's
-maxima are. The moments depend on the images alone: a support batch, seen at every step, has
-them computed once (`image_moments`). Where the kernels cannot run (`kernels.py`), PyTorch's
-operations do the same.
+maxima are. The moments depend on the images alone: a support batch, seen at every inner step,
+has them computed once (`MOMENTS`).
 """
 
 import ctypes
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from reproml.models import kernels
+from reproml.kernels import build
 
 
 # FirstBlock's input channels at most: its moments grow as the square of 9 channels, and
@@ -30,7 +28,7 @@ FIRST_BLOCK_CHANNELS = 4
 
 @functools.cache
 def library():
-    lib = kernels.load("block")
+    lib = build.load("block")
     if lib is not None:
         long, ptr, real = ctypes.c_long, ctypes.c_void_p, ctypes.c_float
         lib.conv3x3_forward.argtypes = [long] * 5 + [ptr] * 4
@@ -51,7 +49,7 @@ def conv_kernel(x, taps, bias):
     """The convolution kernel's forward pass; taps [3][3][in][out], bias a tensor or None."""
     batch, in_ch, height, width = x.shape
     out = x.new_empty(batch, height, width, taps.shape[-1])
-    kernels.call(library().conv3x3_forward, batch, height, width, in_ch, taps.shape[-1], x, taps, bias, out)
+    build.call(library().conv3x3_forward, batch, height, width, in_ch, taps.shape[-1], x, taps, bias, out)
     return out.permute(0, 3, 1, 2)  # channels-last (batch, out, height, width)
 
 
@@ -68,8 +66,8 @@ def conv_forward(x, weight, bias):
 def weight_grad(x, weight, grad_out):
     dweight, dbias = weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
     batch, in_ch, height, width = x.shape
-    kernels.call_allocating(library().conv3x3_weight_grad, batch, height, width, in_ch, weight.shape[0], x,
-                            grad_out, dweight, dbias)
+    build.call_allocating(library().conv3x3_weight_grad, batch, height, width, in_ch, weight.shape[0], x,
+                          grad_out, dweight, dbias)
     return dweight, dbias
 
 
@@ -109,8 +107,8 @@ class ConvBlock(torch.autograd.Function):
         batch, ch, height, width = z.shape
         out, argmax, z_at_max = pooled_outputs(z, batch, height, width, ch)
         mean, var = z.new_empty(ch), z.new_empty(ch)
-        kernels.call(library().bn_pool_forward, batch, height, width, ch, eps, 1, z, gamma, beta,
-                     z.new_empty(2 * batch * height * ch), mean, var, out, argmax, z_at_max)
+        build.call(library().bn_pool_forward, batch, height, width, ch, eps, 1, z, gamma, beta,
+                   z.new_empty(2 * batch * height * ch), mean, var, out, argmax, z_at_max)
         return forward_results(ctx, eps, out, mean, var, x, weight, z, gamma, mean, var, out, argmax, z_at_max)
 
     @staticmethod
@@ -121,8 +119,8 @@ class ConvBlock(torch.autograd.Function):
         dout = channels_last(dout)
         dgamma, dbeta = gamma.new_empty(ch), gamma.new_empty(ch)
         dz = torch.empty_like(z)
-        kernels.call(library().bn_pool_backward, batch, height, width, ch, ctx.eps, z, gamma, mean, var, dout, out,
-                     argmax, z_at_max, z.new_empty(batch * (height // 2) * ch * 2), dz, dgamma, dbeta)
+        build.call(library().bn_pool_backward, batch, height, width, ch, ctx.eps, z, gamma, mean, var, dout, out,
+                   argmax, z_at_max, z.new_empty(batch * (height // 2) * ch * 2), dz, dgamma, dbeta)
         return *conv_backward(x, weight, dz), dgamma, dbeta, None
 
 
@@ -132,26 +130,25 @@ def patch_moments(x):
     batch, in_ch, height, width = x.shape
     k = 9 * in_ch
     sums, gram = x.new_empty(k, dtype=torch.float64), x.new_empty(k, k, dtype=torch.float64)
-    kernels.call_allocating(library().patch_moments, batch, height, width, in_ch, x, sums, gram)
+    build.call_allocating(library().patch_moments, batch, height, width, in_ch, x, sums, gram)
     return sums, gram
 
 
 class FirstBlock(torch.autograd.Function):
     """ConvBlock for images (few channels, no gradient): the batch statistics follow from the
-    patches' moments (`patch_moments(x)`, computed here unless given), so z is never stored
-    (block.c, first_block_forward)."""
+    patches' moments (`patch_moments(x)`), so z is never stored (block.c, first_block_forward)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, gamma, beta, eps, moments):
         x, bias, gamma, beta = channels_last(x), bias.contiguous(), gamma.contiguous(), beta.contiguous()
         taps = kernel_layout(weight)
-        sums, gram = patch_moments(x) if moments is None else moments
+        sums, gram = moments
         batch, in_ch, height, width = x.shape
         ch = weight.shape[0]
         out, argmax, z_at_max = pooled_outputs(x, batch, height, width, ch)
         mean, var = x.new_empty(ch), x.new_empty(ch)
-        kernels.call(library().first_block_forward, batch, height, width, in_ch, ch, eps, x, taps, bias, gamma, beta,
-                     sums, gram, mean, var, out, argmax, z_at_max)
+        build.call(library().first_block_forward, batch, height, width, in_ch, ch, eps, x, taps, bias, gamma, beta,
+                   sums, gram, mean, var, out, argmax, z_at_max)
         return forward_results(ctx, eps, out, mean, var, x, taps, sums, gram, gamma, mean, var, out, argmax, z_at_max)
 
     @staticmethod
@@ -162,9 +159,9 @@ class FirstBlock(torch.autograd.Function):
         ch = taps.shape[-1]
         dweight, dbias = x.new_empty(ch, in_ch, 3, 3), x.new_empty(ch)
         dgamma, dbeta = x.new_empty(ch), x.new_empty(ch)
-        kernels.call_allocating(library().first_block_backward, batch, height, width, in_ch, ch, ctx.eps, x, taps,
-                                sums, gram, gamma, mean, var, channels_last(dout), out, argmax, z_at_max,
-                                x.new_empty(batch * (height // 2) * ch * 2), dweight, dbias, dgamma, dbeta)
+        build.call_allocating(library().first_block_backward, batch, height, width, in_ch, ch, ctx.eps, x, taps,
+                              sums, gram, gamma, mean, var, channels_last(dout), out, argmax, z_at_max,
+                              x.new_empty(batch * (height // 2) * ch * 2), dweight, dbias, dgamma, dbeta)
         return None, dweight, dbias, dgamma, dbeta, None, None
 
 
@@ -176,51 +173,65 @@ def evaluation_mode(x, weight, bias, running_mean, running_var, gamma, beta, eps
     ch = weight.shape[0]
     out = x.new_empty(batch, height // 2, width // 2, ch).permute(0, 3, 1, 2)
     if is_first_block(x):
-        kernels.call(library().first_block_forward, batch, height, width, in_ch, ch, eps, x, kernel_layout(weight),
-                     bias, gamma, beta, None, None, running_mean, running_var, out, None, None)
+        build.call(library().first_block_forward, batch, height, width, in_ch, ch, eps, x, kernel_layout(weight),
+                   bias, gamma, beta, None, None, running_mean, running_var, out, None, None)
     else:
-        kernels.call(library().bn_pool_forward, batch, height, width, ch, eps, 0, conv_forward(x, weight, bias), gamma,
-                     beta, None, running_mean, running_var, out, None, None)
+        build.call(library().bn_pool_forward, batch, height, width, ch, eps, 0, conv_forward(x, weight, bias), gamma,
+                   beta, None, running_mean, running_var, out, None, None)
     return out
-
-
-def runs_kernels(x, ch):
-    """Whether `block` runs the kernels for input x and ch output channels (else PyTorch's operations)."""
-    _, in_ch, height, width = x.shape
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and ch % 16 == 0 and height >= 2 and width >= 2
-            and (in_ch % 16 == 0 or is_first_block(x)) and library() is not None)
 
 
 def is_first_block(x):
     return x.shape[1] <= FIRST_BLOCK_CHANNELS and not x.requires_grad
 
 
-def image_moments(x, ch):
-    """For images that the first block sees at several steps (a support batch): `patch_moments`,
-    to compute once and pass to every `block` call; None where the kernels do not run."""
-    return patch_moments(channels_last(x)) if runs_kernels(x, ch) and is_first_block(x) else None
+class MomentsCache:
+    """The patch moments of the last few image batches the first block saw. An inner loop shows the
+    same support batch at every step, so each batch's moments are computed once. An entry holds its
+    images (their memory cannot then be reused by another tensor) and their version counter (which
+    any in-place change bumps), so a stale entry can never be mistaken for the images at hand."""
+
+    def __init__(self, size=16):
+        self.size, self.entries = size, {}
+
+    def __call__(self, x):
+        entry = self.entries.get(id(x))
+        if entry is not None and entry[0] is x and entry[1] == x._version:
+            return entry[2]
+        moments = patch_moments(x)
+        if len(self.entries) >= self.size:
+            del self.entries[next(iter(self.entries))]  # the oldest
+        self.entries[id(x)] = (x, x._version, moments)
+        return moments
 
 
-def block(x, weight, bias, running_mean, running_var, gamma, beta, training, momentum, eps, moments=None):
-    """relu(max_pool2d(batch_norm(conv2d(x, weight, bias, padding=1), ...), 2)); in training mode
-    the running statistics are updated in place as F.batch_norm does (the variance unbiased).
-    `moments`: image_moments(x), if at hand."""
-    batch, _, height, width = x.shape
-    usable = runs_kernels(x, weight.shape[0])
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias, gamma, beta))
-    if usable and not training and not needs_grad:
+MOMENTS = MomentsCache()
+
+
+def runs(x, weight, bias, gamma, beta, training):
+    """Whether `block` runs for these inputs (else the plain PyTorch block does): float32 on the CPU,
+    channel counts the kernels tile, and, outside training, no gradient wanted."""
+    _, in_ch, height, width = x.shape
+    shapes_fit = (x.device.type == "cpu" and x.dtype == torch.float32 and weight.shape[0] % 16 == 0
+                  and height >= 2 and width >= 2 and (in_ch % 16 == 0 or is_first_block(x)))
+    if not shapes_fit or library() is None:
+        return False
+    return training or not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias, gamma, beta)))
+
+
+def block(x, weight, bias, running_mean, running_var, gamma, beta, training, momentum, eps):
+    """relu(max_pool2d(batch_norm(conv2d(x, weight, bias, padding=1), ...), 2)) for inputs that
+    `runs` accepts; in training mode the running statistics are updated in place as F.batch_norm
+    does (the variance unbiased)."""
+    if not training:
         return evaluation_mode(x, weight, bias, running_mean, running_var, gamma, beta, eps)
-    if usable and training:
-        if is_first_block(x):
-            out, mean, var = FirstBlock.apply(x, weight, bias, gamma, beta, eps, moments)
-        else:
-            out, mean, var = ConvBlock.apply(x, weight, bias, gamma, beta, eps)
-        n = batch * height * width
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-            running_var.mul_(1 - momentum).add_(var * (n / (n - 1)), alpha=momentum)
-        return out
-    z = F.batch_norm(F.conv2d(x, weight, bias, padding=1), running_mean, running_var, gamma, beta, training,
-                     momentum, eps)
-    # max-pool before ReLU: the same values and gradients (ReLU is monotone), a quarter of the ReLU work
-    return F.relu(F.max_pool2d(z, 2))
+    if is_first_block(x):
+        out, mean, var = FirstBlock.apply(x, weight, bias, gamma, beta, eps, MOMENTS(channels_last(x)))
+    else:
+        out, mean, var = ConvBlock.apply(x, weight, bias, gamma, beta, eps)
+    batch, _, height, width = x.shape
+    n = batch * height * width
+    with torch.no_grad():
+        running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        running_var.mul_(1 - momentum).add_(var * (n / (n - 1)), alpha=momentum)
+    return out

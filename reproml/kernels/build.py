@@ -1,4 +1,4 @@
-"""The compiled CPU kernels (`lstm_cell.c`, `block.c`): build on first use,
+"""The compiled CPU kernels (`lstm_cell.c`, `block.c` beside this file): build on first use,
 load, or say why not.
 
 Each is compiled with the system's C compiler (`cc`, or `$CC`) in well under a second and

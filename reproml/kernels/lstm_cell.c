@@ -1,6 +1,6 @@
 /* The meta-learner's first layer (an nn.LSTMCell applied to every learner parameter) and the
  * projection of its hidden state that the second layer uses, fused into one pass over memory
- * for the forward and one for the backward. Compiled at first use by `fused_lstm.py`.
+ * for the forward and one for the backward. Compiled at first use by `reproml/kernels/build.py`.
  *
  * Why: with 32,901 rows of 22 inputs and 20 hidden units, PyTorch runs this as a dozen passes
  * (thin matrix products, sigmoid, tanh, products, sums), each reading and writing every row.

@@ -1,9 +1,10 @@
-"""The straightforward meta-learner LSTM, kept as the reference for the fast path in `reproml`.
+"""The straightforward meta-learner LSTM: the reference that every fast path of the package is
+tested against (tests/test_fast_path.py: the same meta-gradients and test predictions).
 
 Written the way the equations read, with none of the package's speed-ups: ReLU before
-max-pooling, default memory format, the loss features copied to every row and one
-`nn.LSTMCell` call per step. `test_fast_path.py` checks that the package gives the same
-meta-gradients and the same test predictions.
+max-pooling, default memory format, the loss features copied to every row, one `nn.LSTMCell`
+call per step, no compiled kernels. A newcomer can read one meta-training episode here top to
+bottom: `query_logits` (the inner loop), `meta_step` (the update rule), `learner_logits`.
 """
 
 import torch

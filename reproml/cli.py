@@ -6,15 +6,19 @@ to rerun (training resumes). A command that writes an --out folder holds it whil
 """
 
 import argparse
+import importlib.metadata
 import json
 import signal
 import sys
 
 from reproml.allocator import keep_freed_memory
 from reproml.atomic import exclusive
+from reproml.data.sources import FORMATS
 from reproml.errors import UserError
-from reproml.methods.finetune import GRID_DECAYS, GRID_LRS
-from reproml.settings import DEVIATIONS
+from reproml.evaluation.evaluate import METHODS
+from reproml.methods.finetune import GRID_DECAYS, GRID_EPISODES, GRID_LRS
+from reproml.settings import (DEVIATIONS, FILTERS, GRAD_CLIP, META_LR, N_QUERY, PAPER_PRETRAIN_STEPS, PAPER_TEST_EPISODES,
+                              PAPER_VALIDATION, PRETRAIN_BATCH, paper_iterations)
 
 
 def describe(args):
@@ -32,13 +36,11 @@ def describe(args):
 
 def prepare(args):
     from reproml.data.prepared import prepare
-    from reproml.data.sources import check_format
 
-    check_format(args.format)
     if args.format != "demo" and args.root is None:
         raise UserError(f"--format {args.format} needs --root (the dataset folder)")
-    manifest = prepare(args.format, args.root, args.image_size, args.out, args.name, args.seed,
-                       args.images_per_class, progress=not args.quiet)
+    manifest = prepare(format=args.format, root=args.root, image_size=args.image_size, out=args.out, name=args.name,
+                       seed=args.seed, images_per_class=args.images_per_class, progress=not args.quiet)
     for split, info in manifest["splits"].items():
         print(f"{split}: {info['classes']} classes, {info['images']} images")
     print(f"wrote {args.out} ({args.image_size}x{args.image_size}, dataset sha256 {manifest['dataset_sha256'][:12]})")
@@ -53,8 +55,9 @@ def train(args):
                             n_query=args.n_query, batch_size=args.batch_size, epochs=args.epochs,
                             bn_momentum=args.bn_momentum, filters=args.filters, lr=args.lr,
                             grad_clip=args.grad_clip, deviations=tuple(args.deviation))
-    summary = train(args.data, settings, args.iterations, args.val_every, args.val_episodes, args.seed, args.out,
-                    args.device, label=args.label, image_pool=args.image_pool, progress=not args.quiet)
+    summary = train(data=args.data, settings=settings, iterations=args.iterations or paper_iterations(args.k_shot),
+                    val_every=args.val_every, val_episodes=args.val_episodes, seed=args.seed, out=args.out,
+                    device=args.device, label=args.label, image_pool=args.image_pool, progress=not args.quiet)
     print(f"best validation accuracy {summary['best_val_acc']:.2f}% at iteration {summary['best_iteration']}; "
           f"checkpoint {args.out}/best.pt")
 
@@ -62,8 +65,9 @@ def train(args):
 def pretrain(args):
     from reproml.training.pretrain import pretrain
 
-    summary = pretrain(args.data, args.steps, args.batch_size, args.lr, args.val_every, args.val_episodes, args.seed,
-                       args.out, args.device, progress=not args.quiet)
+    summary = pretrain(data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                       val_every=args.val_every, val_episodes=args.val_episodes, seed=args.seed, out=args.out,
+                       device=args.device, progress=not args.quiet)
     print(f"best validation 1-NN accuracy {summary['best_val_acc']:.2f}% at step {summary['best_step']}; "
           f"network {args.out}/best.pt")
 
@@ -71,9 +75,10 @@ def pretrain(args):
 def select_finetune(args):
     from reproml.training.select_finetune import select_finetune
 
-    choice = select_finetune(args.data, args.checkpoint, args.n_way, args.k_shot, args.n_query,
-                             parse_floats(args.lrs, "--lrs"), parse_floats(args.decays, "--decays"), args.episodes,
-                             args.seed, args.out, args.device, progress=not args.quiet)
+    choice = select_finetune(data=args.data, checkpoint=args.checkpoint, n_way=args.n_way, k_shot=args.k_shot,
+                             n_query=args.n_query, lrs=parse_floats(args.lrs, "--lrs"),
+                             decays=parse_floats(args.decays, "--decays"), episodes=args.episodes, seed=args.seed,
+                             out=args.out, device=args.device, progress=not args.quiet)
     print(f"chose lr {choice['lr']:g}, decay {choice['decay']:g}: {choice['val_acc']:.2f}% on "
           f"{choice['episodes']} validation episodes; wrote {args.out}/choice.json")
 
@@ -97,9 +102,11 @@ def parse_floats(text, option):
 def evaluate(args):
     from reproml.evaluation.evaluate import evaluate
 
-    s = evaluate(args.data, args.episodes, args.seed, args.out, args.method, args.checkpoint, args.device,
-                 args.split, args.n_way, args.k_shot, args.n_query, args.label, args.finetune_choice,
-                 args.train_dataset, args.skip_if_too_small, progress=not args.quiet)
+    s = evaluate(data=args.data, episodes=args.episodes, seed=args.seed, out=args.out, method=args.method,
+                 checkpoint=args.checkpoint, device=args.device, split=args.split, n_way=args.n_way,
+                 k_shot=args.k_shot, n_query=args.n_query, label=args.label, finetune_choice=args.finetune_choice,
+                 train_dataset=args.train_dataset, skip_if_too_small=args.skip_if_too_small,
+                 progress=not args.quiet)
     if s.get("skipped"):
         print(f"{s['method']} on {s['eval_dataset']}: skipped: {s['skipped']}")
         return
@@ -137,8 +144,10 @@ def config_argument(args):
 def report(args):
     from reproml.report.render import render_report
 
-    render_report(args.templates, args.summary, args.manifest, args.figures, args.benchmarks, config_argument(args),
-                  args.configfiles, args.runs, args.evals, args.pretrain_runs, args.published, args.out)
+    render_report(templates=args.templates, summary_csv=args.summary, manifest_path=args.manifest, figures=args.figures,
+                  benchmarks=args.benchmarks, config=config_argument(args), configfiles=args.configfiles,
+                  run_files=args.runs, eval_files=args.evals, pretrain_files=args.pretrain_runs,
+                  published_path=args.published, out=args.out)
     print(f"wrote {args.out}/report.html and {args.out}/report.tex")
 
 
@@ -201,16 +210,17 @@ def add_run_options(p):
 
 def parser():
     p = Parser(prog="reproml", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"reproml {importlib.metadata.version('reproml')}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     d = sub.add_parser("describe", help="parameter counts of the learner and the meta-learner")
     d.add_argument("--n-way", type=WAYS, default=5)
     d.add_argument("--image-size", type=IMAGE_SIZE, default=84)
-    d.add_argument("--filters", type=COUNT, default=32)
+    d.add_argument("--filters", type=COUNT, default=FILTERS)
     d.set_defaults(run=describe)
 
     pr = sub.add_parser("prepare", help="read a dataset source, write resized splits and a manifest")
-    pr.add_argument("--format", required=True, help="ravi, folders, l2l-pickle or demo (generated)")
+    pr.add_argument("--format", required=True, choices=FORMATS, help="demo is generated; the others are read from --root")
     pr.add_argument("--root", help="the source folder (not for demo)")
     pr.add_argument("--image-size", type=IMAGE_SIZE, default=84)
     pr.add_argument("--seed", type=SEED, default=0, help="demo only: the generator's seed")
@@ -224,16 +234,17 @@ def parser():
     t.add_argument("--data", required=True, help="a folder written by 'reproml prepare'")
     t.add_argument("--n-way", type=WAYS, default=5)
     t.add_argument("--k-shot", type=COUNT, default=1)
-    t.add_argument("--n-query", type=COUNT, default=15, help="query images per class")
-    t.add_argument("--iterations", type=COUNT, default=75000, help="meta-training episodes")
-    t.add_argument("--val-every", type=COUNT, default=1000)
-    t.add_argument("--val-episodes", type=EPISODES, default=100)
+    t.add_argument("--n-query", type=COUNT, default=N_QUERY, help="query images per class")
+    t.add_argument("--iterations", type=COUNT, help="meta-training episodes (default: the paper's, 75,000 for "
+                   "1-shot, else 50,000)")
+    t.add_argument("--val-every", type=COUNT, default=PAPER_VALIDATION["every"])
+    t.add_argument("--val-episodes", type=EPISODES, default=PAPER_VALIDATION["episodes"])
     t.add_argument("--batch-size", type=COUNT, help="inner-loop batch (default: 5 for 1-shot, else 25)")
     t.add_argument("--epochs", type=COUNT, help="inner-loop epochs (default: 12 for 1-shot, else 8)")
     t.add_argument("--bn-momentum", type=MOMENTUM, help="(default: 0.9 for 1-shot, else 0.95)")
-    t.add_argument("--filters", type=COUNT, default=32)
-    t.add_argument("--lr", type=POSITIVE, default=1e-3)
-    t.add_argument("--grad-clip", type=POSITIVE, default=0.25)
+    t.add_argument("--filters", type=COUNT, default=FILTERS)
+    t.add_argument("--lr", type=POSITIVE, default=META_LR)
+    t.add_argument("--grad-clip", type=POSITIVE, default=GRAD_CLIP)
     t.add_argument("--deviation", action="append", default=[], choices=sorted(DEVIATIONS),
                    help="turn on a named deviation from the original code (repeatable)")
     t.add_argument("--image-pool", type=image_pool, help="draw every episode from a fixed pool of this many images "
@@ -244,11 +255,12 @@ def parser():
 
     pt = sub.add_parser("pretrain", help="pre-train the baselines' 64-filter network as a classifier (resumes)")
     pt.add_argument("--data", required=True)
-    pt.add_argument("--steps", type=COUNT, default=30000)
-    pt.add_argument("--batch-size", type=COUNT, default=64)
-    pt.add_argument("--lr", type=POSITIVE, default=1e-3, help="Adam's step size")
-    pt.add_argument("--val-every", type=COUNT, default=1000)
-    pt.add_argument("--val-episodes", type=EPISODES, default=100, help="5-way 1-shot validation episodes (cosine 1-NN)")
+    pt.add_argument("--steps", type=COUNT, default=PAPER_PRETRAIN_STEPS)
+    pt.add_argument("--batch-size", type=COUNT, default=PRETRAIN_BATCH)
+    pt.add_argument("--lr", type=POSITIVE, default=META_LR, help="Adam's step size")
+    pt.add_argument("--val-every", type=COUNT, default=PAPER_VALIDATION["every"])
+    pt.add_argument("--val-episodes", type=EPISODES, default=PAPER_VALIDATION["episodes"],
+                    help="5-way 1-shot validation episodes (cosine 1-NN)")
     add_run_options(pt)
     pt.set_defaults(run=pretrain)
 
@@ -257,21 +269,20 @@ def parser():
     sf.add_argument("--checkpoint", required=True, help="a pre-trained network (best.pt of 'reproml pretrain')")
     sf.add_argument("--n-way", type=WAYS, required=True)
     sf.add_argument("--k-shot", type=COUNT, required=True)
-    sf.add_argument("--n-query", type=COUNT, default=15)
+    sf.add_argument("--n-query", type=COUNT, default=N_QUERY)
     sf.add_argument("--lrs", default=",".join(map(str, GRID_LRS)), help="the grid's step sizes")
     sf.add_argument("--decays", default=",".join(map(str, GRID_DECAYS)), help="the grid's decays")
-    sf.add_argument("--episodes", type=EPISODES, default=100, help="validation episodes per grid point")
+    sf.add_argument("--episodes", type=EPISODES, default=GRID_EPISODES, help="validation episodes per grid point")
     add_run_options(sf)
     sf.set_defaults(run=select_finetune)
 
     e = sub.add_parser("evaluate", help="evaluate a method over test episodes")
     e.add_argument("--data", required=True)
-    e.add_argument("--method", default="meta_lstm", help="meta_lstm, baseline_nearest_neighbor, baseline_finetune "
-                                                         "or pixel_nearest_neighbor")
+    e.add_argument("--method", default="meta_lstm", choices=METHODS)
     e.add_argument("--checkpoint", help="meta_lstm: a best.pt of 'reproml train'; baseline_*: of 'reproml pretrain'")
     e.add_argument("--finetune-choice", help="baseline_finetune: the choice.json of 'reproml select-finetune'")
     e.add_argument("--label", help="the setting's name in results (default: the checkpoint's, or e.g. 5w1s)")
-    e.add_argument("--episodes", type=EPISODES, default=600)
+    e.add_argument("--episodes", type=EPISODES, default=PAPER_TEST_EPISODES)
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--n-way", type=WAYS, help="must match the checkpoint's (checked)")
     e.add_argument("--k-shot", type=COUNT, help="default: the checkpoint's")

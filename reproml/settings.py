@@ -25,6 +25,13 @@ DEVIATIONS = {
 PAPER_PRETRAIN_STEPS = 30000
 PAPER_TEST_EPISODES = 600
 PAPER_VALIDATION = {"every": 1000, "episodes": 100}
+# The original's other defaults, each defined here once (the CLI reads them; the config schema's
+# defaults are tested to agree, tests/test_config.py).
+N_QUERY = 15          # query images per class
+META_LR = 1e-3        # Adam, for the meta-learner and for the baselines' pre-training
+GRAD_CLIP = 0.25      # global gradient-norm clip of the meta-gradient
+PRETRAIN_BATCH = 64
+FILTERS = 32          # the learner's; the baselines' network has 64
 
 
 def paper_iterations(k_shot):
@@ -50,13 +57,13 @@ class TaskSettings:
     n_way: int
     k_shot: int
     image_size: int
-    n_query: int = 15
+    n_query: int = N_QUERY
     batch_size: int = None
     epochs: int = None
     bn_momentum: float = None
-    filters: int = 32
-    lr: float = 1e-3
-    grad_clip: float = 0.25
+    filters: int = FILTERS
+    lr: float = META_LR
+    grad_clip: float = GRAD_CLIP
     deviations: tuple = field(default_factory=tuple)
 
     def __post_init__(self):

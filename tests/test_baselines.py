@@ -140,6 +140,7 @@ def test_the_grid_search_picks_the_best_point_and_resumes(tmp_path, capsys, prep
     assert status == 2 and "holds a search over another grid" in err
 
 
+@pytest.mark.slow
 def test_a_killed_pretraining_resumes_to_the_same_network(tmp_path, capsys, prepared):
     assert pretrain(capsys, prepared, tmp_path / "whole", steps=12, val_every=2)[0] == 0
     kill_after_first_checkpoint(["pretrain", "--data", prepared, "--steps", 12, "--batch-size", 16, "--val-every", 2,

@@ -100,6 +100,7 @@ def test_user_errors_print_no_traceback(tmp_path):
         f"reproml train: error: {tmp_path / 'missing'}: no manifest.json; create the folder with 'reproml prepare'"]
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_numbers(tmp_path, capsys, prepared):
     assert train(capsys, prepared, tmp_path / "whole", iterations=30, val_every=3)[0] == 0
 
@@ -156,6 +157,7 @@ def test_rerunning_a_finished_run_does_nothing_and_other_settings_are_refused(tm
     assert status == 2 and "holds a run with other settings" in err
 
 
+@pytest.mark.slow
 @needs_real_data
 def test_a_few_iterations_on_real_miniimagenet(tmp_path, capsys):
     status, out, _ = run_cli(capsys, "prepare", "--format", "ravi", "--root", REAL_DATA, "--image-size", 84,

@@ -87,3 +87,37 @@ def test_documented_mistakes_get_their_message(mistake, message):
         check(lambda config: merge(config, yaml.safe_load(mistake)))
     assert str(error.value).startswith(message)
     assert "\n" not in str(error.value)
+
+
+def test_the_schema_and_the_cli_share_the_originals_defaults():
+    """Each default is defined once in the package (reproml.settings, reproml.methods.finetune); the schema,
+    which must state its own, agrees with it, and so does every CLI option that has it."""
+    from reproml.cli import parser
+    from reproml.methods.finetune import GRID_DECAYS, GRID_EPISODES, GRID_LRS
+    from reproml.settings import (GRAD_CLIP, META_LR, N_QUERY, PAPER_TEST_EPISODES, PAPER_VALIDATION, PRETRAIN_BATCH,
+                                  TaskSettings)
+
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]
+    setting = schema["settings"]["additionalProperties"]["properties"]
+    assert (setting["n_query"]["default"], setting["lr"]["default"], setting["grad_clip"]["default"]) == \
+        (N_QUERY, META_LR, GRAD_CLIP)
+    assert setting["val_episodes"]["default"] == PAPER_VALIDATION["episodes"]
+    assert schema["test_episodes"]["default"] == PAPER_TEST_EPISODES
+    pretrain = schema["baselines"]["properties"]["pretrain"]["properties"]
+    assert (pretrain["batch_size"]["default"], pretrain["lr"]["default"], pretrain["val_every"]["default"],
+            pretrain["val_episodes"]["default"]) == (PRETRAIN_BATCH, META_LR, PAPER_VALIDATION["every"],
+                                                      PAPER_VALIDATION["episodes"])
+    finetune = schema["baselines"]["properties"]["finetune"]["properties"]
+    assert (tuple(finetune["lrs"]["default"]), tuple(finetune["decays"]["default"]),
+            finetune["val_episodes"]["default"]) == (GRID_LRS, GRID_DECAYS, GRID_EPISODES)
+    settings = TaskSettings(5, 1, 84)
+    assert (settings.n_query, settings.lr, settings.grad_clip) == (N_QUERY, META_LR, GRAD_CLIP)
+    def default(command, option):
+        required = ["--checkpoint", "c", "--n-way", "5", "--k-shot", "1"] if command == "select-finetune" else []
+        return getattr(parser().parse_args([command, "--data", "d", "--out", "o", *required]), option)
+    assert default("train", "n_query") == default("select-finetune", "n_query") == N_QUERY
+    assert (default("train", "lr"), default("train", "grad_clip"), default("pretrain", "lr")) == (META_LR, GRAD_CLIP, META_LR)
+    assert default("train", "val_episodes") == default("pretrain", "val_episodes") == PAPER_VALIDATION["episodes"]
+    assert default("evaluate", "episodes") == PAPER_TEST_EPISODES and default("pretrain", "batch_size") == PRETRAIN_BATCH
+    assert default("select-finetune", "episodes") == GRID_EPISODES
+    assert default("select-finetune", "lrs") == ",".join(map(str, GRID_LRS))

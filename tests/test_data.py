@@ -156,8 +156,11 @@ def test_bad_sources_give_one_line_and_no_output(tmp_path, capsys, breaker):
 
 
 def test_unknown_format(tmp_path, capsys):
-    status, _, err = prepare(capsys, "hdf5", make_folders(tmp_path / "src"), tmp_path / "data")
-    assert status == 2 and "unknown dataset format 'hdf5'; expected one of ravi, folders, l2l-pickle, demo" in err
+    with pytest.raises(SystemExit) as exit:
+        prepare(capsys, "hdf5", make_folders(tmp_path / "src"), tmp_path / "data")
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.strip() == ("reproml prepare: error: argument --format: invalid choice: 'hdf5' "
+                                                    "(choose from 'ravi', 'folders', 'l2l-pickle', 'demo')")
 
 
 def test_a_failed_prepare_keeps_the_previous_output(tmp_path, capsys):

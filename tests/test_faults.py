@@ -497,6 +497,7 @@ def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
         check_config_files([path])
 
 
+@pytest.mark.slow
 def test_a_dataset_root_with_quotes_and_shell_syntax_reaches_prepare_verbatim(tmp_path):
     """The shell commands quote every value: an apostrophe works, and `$(...)` runs nothing."""
     from test_pipeline import snakemake, workdir
@@ -525,6 +526,7 @@ def start_training(prepared, out, iterations=400):
     return process
 
 
+@pytest.mark.slow
 def test_a_second_writer_of_a_run_folder_is_refused_naming_the_first(tmp_path, capsys, prepared):
     first = start_training(prepared, tmp_path / "run")
     try:
@@ -538,6 +540,7 @@ def test_a_second_writer_of_a_run_folder_is_refused_naming_the_first(tmp_path, c
         first.wait()
 
 
+@pytest.mark.slow
 def test_sigterm_is_handled_as_ctrl_c(tmp_path, prepared):
     process = start_training(prepared, tmp_path / "run")
     process.send_signal(signal.SIGTERM)

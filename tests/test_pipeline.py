@@ -19,6 +19,8 @@ import yaml
 from conftest import REAL_DATA, make_folders, make_ravi, needs_real_data
 from test_data import break_truncated_csv, break_unreadable_image
 
+pytestmark = pytest.mark.slow  # every test here runs Snakemake
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ["Snakefile", "workflow", "config", "report", "profiles"]
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from reproml.errors import UserError
+from reproml.settings import N_QUERY
 
 STREAMS = {"train": 0, "val": 1, "test": 2}
 POOL_TAG = 7919  # keeps the pool's random stream apart from every episode's
@@ -62,7 +63,7 @@ class EpisodeSampler:
     """Episodes of one split. With `image_pool` P, every episode draws from the same P images
     per class (fixed from the seed); without it, from all of the class's images."""
 
-    def __init__(self, split, n_way, k_shot, n_query=15, seed=0, stream=None, image_pool=None):
+    def __init__(self, split, n_way, k_shot, n_query=N_QUERY, seed=0, stream=None, image_pool=None):
         self.split, self.n_way, self.k_shot, self.n_query, self.seed = split, n_way, k_shot, n_query, seed
         self.stream = STREAMS[stream or split.name]
         problem = shortfall(split, n_way, k_shot, n_query)

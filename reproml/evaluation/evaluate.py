@@ -26,7 +26,7 @@ from reproml.methods.meta_lstm import load_checkpoint, query_logits
 from reproml.methods.nearest_neighbor import feature_nearest_neighbor, pixel_nearest_neighbor
 from reproml.kernels import build as kernels
 from reproml.models.pretrained import load_pretrained
-from reproml.settings import TaskSettings, resolve_device
+from reproml.settings import N_QUERY, TaskSettings, resolve_device
 from reproml.statistics import summarize
 
 METHODS = ("meta_lstm", "baseline_nearest_neighbor", "baseline_finetune", "pixel_nearest_neighbor")
@@ -130,7 +130,7 @@ def evaluate(data, episodes, seed, out, method="meta_lstm", checkpoint=None, dev
     else:
         if n_way is None or k_shot is None:
             raise UserError(f"--method {method} needs --n-way and --k-shot")
-        settings = TaskSettings(n_way, k_shot, manifest["image_size"], n_query=n_query or 15)
+        settings = TaskSettings(n_way, k_shot, manifest["image_size"], n_query=n_query or N_QUERY)
         if method == "pixel_nearest_neighbor":
             classify, info = pixel_nearest_neighbor, {}
         else:

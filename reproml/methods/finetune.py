@@ -17,6 +17,7 @@ from reproml.models.pretrained import BN_MOMENTUM
 UPDATES = 15
 GRID_LRS = (0.5, 0.1, 0.01, 1e-3, 1e-4, 1e-5)
 GRID_DECAYS = (1, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 0)
+GRID_EPISODES = 100  # validation episodes per grid point
 
 
 def step_sizes(lr, decay, updates=UPDATES):

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from reproml.errors import UserError
 from reproml.files import read_csv
+from reproml.methods.finetune import GRID_DECAYS, GRID_EPISODES, GRID_LRS
 from reproml.report.claims import METHOD_NAMES
 from reproml.report.tables import PAPER_ORDER
 from reproml.settings import (PAPER_PRETRAIN_STEPS, PAPER_TEST_EPISODES, PAPER_VALIDATION, paper_iterations,
                               shot_defaults)
 
-PAPER_FINETUNE_GRID = 42
-PAPER_FINETUNE_EPISODES = 100
+PAPER_FINETUNE_GRID = len(GRID_LRS) * len(GRID_DECAYS)
+PAPER_FINETUNE_EPISODES = GRID_EPISODES
 PAPER_IMAGE_SIZE = 84
 # Stages of the pipeline for the compute table, by Snakemake rule (a trailing * matches a prefix).
 STAGES = {"data": ("prepare_data", "prepare_transfer_data"), "meta-training": ("train_meta_lstm",),

@@ -90,9 +90,9 @@ def test_smoke_dag_produces_summary_and_report(smoke_run):
     assert r"\begin{tabular}" in tex and r"\toprule" in tex and "demo-smoke" in tex
     assert r"{figures/gates\_5w2s.png}" in tex and "Summary: the claims" in tex and r"\section{Compute}" in tex
     per_job = ["prepare_data/demo-smoke", "train_meta_lstm/demo-smoke/5w1s/seed0", "pretrain/demo-smoke/seed0",
-               "select_finetune/demo-smoke/5w2s/seed0", "evaluate_baseline_finetune/demo-smoke/5w1s/seed0",
-               "evaluate_baseline_nearest_neighbor/demo-smoke/5w1s/seed0",
-               "evaluate_meta_lstm/demo-smoke/5w2s/seed0", "aggregate", "figures", "report"]
+               "select_finetune/demo-smoke/5w2s/seed0", "evaluate/demo-smoke/5w1s/seed0/baseline_finetune",
+               "evaluate/demo-smoke/5w1s/seed0/baseline_nearest_neighbor", "evaluate/demo-smoke/5w2s/untrained/"
+               "pixel_nearest_neighbor", "evaluate/demo-smoke/5w2s/seed0/meta_lstm", "aggregate", "figures", "report"]
     for job in per_job:
         assert (smoke_run / "logs" / f"{job}.log").is_file(), job
         assert (smoke_run / "benchmarks" / f"{job}.tsv").is_file(), job

@@ -18,7 +18,7 @@ PAPER_FINETUNE_EPISODES = GRID_EPISODES
 PAPER_IMAGE_SIZE = 84
 # Stages of the pipeline for the compute table, by Snakemake rule (a trailing * matches a prefix).
 STAGES = {"data": ("prepare_data", "prepare_transfer_data"), "meta-training": ("train_meta_lstm",),
-          "pre-training": ("pretrain",), "fine-tuning search": ("select_finetune",), "evaluation": ("evaluate_*",),
+          "pre-training": ("pretrain",), "fine-tuning search": ("select_finetune",), "evaluation": ("evaluate*",),
           "report": ("aggregate", "figures", "report", "report_pdf", "publish_report")}
 DEVICE_STAGES = ("meta-training", "pre-training", "fine-tuning search", "evaluation")
 

@@ -24,6 +24,7 @@ rule pretrain:
         run=f"{PRETRAIN}/run.json",
     params:
         args=pretrain_args,
+        data=DATA,
         out=PRETRAIN,
         device=config["device"],
     threads: config["threads"]
@@ -34,7 +35,7 @@ rule pretrain:
     benchmark:
         "benchmarks/pretrain/{dataset}/seed{seed}.tsv"
     shell:
-        "reproml pretrain --data {DATA:q} {params.args} --seed {wildcards.seed:q} --device {params.device:q}"
+        "reproml pretrain --data {params.data:q} {params.args} --seed {wildcards.seed:q} --device {params.device:q}"
         " --threads {threads} --out {params.out:q} > {log:q} 2>&1"
 
 
@@ -48,6 +49,7 @@ rule select_finetune:
     params:
         episode=episode_args,
         grid=finetune_grid_args,
+        data=DATA,
         out=FINETUNE_GRID,
         seed=config["eval_seed"],
         device=config["device"],
@@ -59,81 +61,5 @@ rule select_finetune:
     benchmark:
         "benchmarks/select_finetune/{dataset}/{setting}/seed{seed}.tsv"
     shell:
-        "reproml select-finetune --data {DATA:q} --checkpoint {input.pretrained:q} {params.episode} {params.grid}"
+        "reproml select-finetune --data {params.data:q} --checkpoint {input.pretrained:q} {params.episode} {params.grid}"
         " --seed {params.seed} --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
-
-
-rule evaluate_baseline_nearest_neighbor:
-    input:
-        manifest=f"{DATA}/manifest.json",
-        pretrained=f"{PRETRAIN}/best.pt",
-    output:
-        summary=f"{BASELINE_NN_EVAL}/summary.json",
-        episodes=f"{BASELINE_NN_EVAL}/episodes.csv",
-    params:
-        out=BASELINE_NN_EVAL,
-        episode=episode_args,
-        episodes=config["test_episodes"],
-        seed=config["eval_seed"],
-        device=config["device"],
-    threads: config["threads"]
-    resources:
-        gpu=GPU,
-    log:
-        "logs/evaluate_baseline_nearest_neighbor/{dataset}/{setting}/seed{seed}.log",
-    benchmark:
-        "benchmarks/evaluate_baseline_nearest_neighbor/{dataset}/{setting}/seed{seed}.tsv"
-    shell:
-        "reproml evaluate --method baseline_nearest_neighbor --data {DATA:q} --checkpoint {input.pretrained:q}"
-        " {params.episode} --label {wildcards.setting:q} --episodes {params.episodes} --seed {params.seed}"
-        " --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
-
-
-rule evaluate_baseline_finetune:
-    input:
-        manifest=f"{DATA}/manifest.json",
-        pretrained=f"{PRETRAIN}/best.pt",
-        choice=f"{FINETUNE_GRID}/choice.json",
-    output:
-        summary=f"{BASELINE_FINETUNE_EVAL}/summary.json",
-        episodes=f"{BASELINE_FINETUNE_EVAL}/episodes.csv",
-    params:
-        out=BASELINE_FINETUNE_EVAL,
-        episode=episode_args,
-        episodes=config["test_episodes"],
-        seed=config["eval_seed"],
-        device=config["device"],
-    threads: config["threads"]
-    resources:
-        gpu=GPU,
-    log:
-        "logs/evaluate_baseline_finetune/{dataset}/{setting}/seed{seed}.log",
-    benchmark:
-        "benchmarks/evaluate_baseline_finetune/{dataset}/{setting}/seed{seed}.tsv"
-    shell:
-        "reproml evaluate --method baseline_finetune --data {DATA:q} --checkpoint {input.pretrained:q}"
-        " --finetune-choice {input.choice:q} {params.episode} --label {wildcards.setting:q} --episodes {params.episodes}"
-        " --seed {params.seed} --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
-
-
-rule evaluate_pixel_nearest_neighbor:
-    input:
-        manifest=f"{DATA}/manifest.json",
-    output:
-        summary=f"{PIXEL_NN_EVAL}/summary.json",
-        episodes=f"{PIXEL_NN_EVAL}/episodes.csv",
-    params:
-        out=PIXEL_NN_EVAL,
-        episode=episode_args,
-        episodes=config["test_episodes"],
-        seed=config["eval_seed"],
-        device=config["device"],
-    threads: config["threads"]
-    log:
-        "logs/evaluate_pixel_nearest_neighbor/{dataset}/{setting}.log",
-    benchmark:
-        "benchmarks/evaluate_pixel_nearest_neighbor/{dataset}/{setting}.tsv"
-    shell:
-        "reproml evaluate --method pixel_nearest_neighbor --data {DATA:q} {params.episode} --label {wildcards.setting:q}"
-        " --episodes {params.episodes} --seed {params.seed} --device {params.device:q} --threads {threads}"
-        " --out {params.out:q} > {log:q} 2>&1"

@@ -15,7 +15,7 @@ except UserError as error:
     sys.exit(str(error))
 
 DATASET = config["dataset"]["name"]
-DATA = f"results/data/{DATASET}"
+DATA = "results/data/{dataset}"
 SETTINGS = list(config["settings"])
 # An image pool changes only meta-training, so the baselines run once, for the settings without one.
 BASELINE_SETTINGS = [name for name, s in config["settings"].items() if s["image_pool"] == "all"]
@@ -26,9 +26,6 @@ RUN = "results/runs/{dataset}/{setting}/seed{seed}"
 EVAL = "results/eval/{dataset}/{setting}/seed{seed}/{method}"
 META_LSTM_EVAL = EVAL.replace("{method}", "meta_lstm")
 UNTRAINED_EVAL = "results/eval/{dataset}/{setting}/untrained/{method}"  # methods without a training seed
-PIXEL_NN_EVAL = UNTRAINED_EVAL.replace("{method}", "pixel_nearest_neighbor")
-BASELINE_NN_EVAL = EVAL.replace("{method}", "baseline_nearest_neighbor")
-BASELINE_FINETUNE_EVAL = EVAL.replace("{method}", "baseline_finetune")
 PRETRAIN = "results/pretrain/{dataset}/seed{seed}"  # the baselines' network: one per dataset and seed
 FINETUNE_GRID = "results/finetune_grid/{dataset}/{setting}/seed{seed}"
 BASELINES = ["baseline_nearest_neighbor", "baseline_finetune"] if config["baselines"]["enabled"] else []

@@ -7,17 +7,18 @@ def source_args(d):
 
 rule prepare_data:
     output:
-        manifest="results/data/{dataset}/manifest.json",
+        manifest=f"{DATA}/manifest.json",
     params:
         source=source_args(config["dataset"]),
         image_size=config["dataset"]["image_size"],
+        out=DATA,
     log:
         "logs/prepare_data/{dataset}.log",
     benchmark:
         "benchmarks/prepare_data/{dataset}.tsv"
     shell:
         "reproml prepare {params.source} --image-size {params.image_size} --name {wildcards.dataset:q}"
-        " --out results/data/{wildcards.dataset:q} > {log:q} 2>&1"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 # A transfer dataset is prepared at the training image size, whatever its own size or colour.

@@ -21,6 +21,7 @@ rule train_meta_lstm:
         run=f"{RUN}/run.json",
     params:
         args=train_args,
+        data=DATA,
         out=RUN,
         device=config["device"],
     threads: config["threads"]
@@ -31,30 +32,5 @@ rule train_meta_lstm:
     benchmark:
         "benchmarks/train_meta_lstm/{dataset}/{setting}/seed{seed}.tsv"
     shell:
-        "reproml train --data {DATA:q} {params.args} --seed {wildcards.seed:q} --label {wildcards.setting:q}"
+        "reproml train --data {params.data:q} {params.args} --seed {wildcards.seed:q} --label {wildcards.setting:q}"
         " --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
-
-
-rule evaluate_meta_lstm:
-    input:
-        manifest=f"{DATA}/manifest.json",
-        best=f"{RUN}/best.pt",
-    output:
-        summary=f"{META_LSTM_EVAL}/summary.json",
-        episodes=f"{META_LSTM_EVAL}/episodes.csv",
-        gates=f"{META_LSTM_EVAL}/gates.csv",
-    params:
-        out=META_LSTM_EVAL,
-        episodes=config["test_episodes"],
-        seed=config["eval_seed"],
-        device=config["device"],
-    threads: config["threads"]
-    resources:
-        gpu=GPU,
-    log:
-        "logs/evaluate_meta_lstm/{dataset}/{setting}/seed{seed}.log",
-    benchmark:
-        "benchmarks/evaluate_meta_lstm/{dataset}/{setting}/seed{seed}.tsv"
-    shell:
-        "reproml evaluate --data {DATA:q} --checkpoint {input.best:q} --episodes {params.episodes}"
-        " --seed {params.seed} --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"

@@ -60,7 +60,7 @@ rule report:
         evals=all_evals(),
         pretrain_runs=expand(f"{PRETRAIN}/run.json", dataset=DATASET, seed=BASELINE_SEEDS) if BASELINE_SETTINGS and BASELINES else [],
         published="report/published-results.yaml",
-        manifest=f"{DATA}/manifest.json",
+        manifest=DATA.format(dataset=DATASET) + "/manifest.json",
         templates=[*Path("report/templates").glob("*.j2"), "report/templates/prose.yaml"],
     output:
         html=reported("results/report/report.html", "report.rst", "Reproducibility report"),

@@ -100,20 +100,30 @@ def against_our_matching_nets(rows, k_shot, competitive):
             "; ".join(f"meta-learner minus {METHOD_NAMES[m]} {paired_text(r)} (paired)" for m, r in ran))
 
 
+def against_matching_nets(rows, paper, fractions, k_shot, text, competitive):
+    """The meta-learner against Matching Networks in 5-way `k_shot`: paired where this run has them,
+    else against the published figures (`competitive`: at least as good as Matching Networks; otherwise
+    better than both variants)."""
+    ours = find_row(rows, 5, k_shot, "meta_lstm")
+    if ours is None:
+        return claim("Paper", text, NOT_JUDGED, "", f"no 5-way {k_shot}-shot meta-learner in this run")
+    ours_against_ours = against_our_matching_nets(rows, k_shot, competitive)
+    if ours_against_ours:
+        return claim("Paper", text, *ours_against_ours)
+    setting, fraction = f"5w{k_shot}s", fractions.get(ours["setting"], 1.0)
+    references = ["matching_net"] if competitive else list(MATCHING_NETS)
+    statuses = [against_published(ours, paper[(m, setting)], fraction, "consistent" if competitive else "higher")
+                for m in references]
+    status = CONTRADICTED if CONTRADICTED in statuses else SUPPORTED if set(statuses) == {SUPPORTED} else INCONCLUSIVE
+    numbers = (f"ours {mean_ci(ours['acc_mean'], ours['ci95'])} at {budget_text(fraction)} against the published "
+               + " and ".join(published(paper, m, setting) for m in references) + " (Matching Networks not run here)")
+    return claim("Paper", text, status, numbers)
+
+
 def one_shot_vs_matching_nets(rows, paper, fractions):
     text = (f"5-way 1-shot: the meta-learner LSTM is competitive with Matching Networks "
             f"({published(paper, 'meta_lstm', '5w1s')} against {published(paper, 'matching_net', '5w1s')})")
-    ours = find_row(rows, 5, 1, "meta_lstm")
-    if ours is None:
-        return claim("Paper", text, NOT_JUDGED, "", "no 5-way 1-shot meta-learner in this run")
-    ours_against_ours = against_our_matching_nets(rows, 1, competitive=True)
-    if ours_against_ours:
-        return claim("Paper", text, *ours_against_ours)
-    fraction = fractions.get(ours["setting"], 1.0)
-    matching = paper.get(("matching_net", "5w1s"))
-    numbers = (f"ours {mean_ci(ours['acc_mean'], ours['ci95'])} at {budget_text(fraction)} against the published "
-               f"{mean_ci(matching['mean'], matching['ci95'])} (Matching Networks not run here)")
-    return claim("Paper", text, against_published(ours, matching, fraction, "consistent"), numbers)
+    return against_matching_nets(rows, paper, fractions, 1, text, competitive=True)
 
 
 def five_shot_vs_baselines(rows, paper):
@@ -136,19 +146,7 @@ def five_shot_vs_baselines(rows, paper):
 def five_shot_vs_matching_nets(rows, paper, fractions):
     text = (f"5-way 5-shot: the meta-learner LSTM outperforms Matching Networks ({published(paper, 'meta_lstm', '5w5s')} "
             f"against {published(paper, 'matching_net', '5w5s')}, FCE {published(paper, 'matching_net_fce', '5w5s')})")
-    ours = find_row(rows, 5, 5, "meta_lstm")
-    if ours is None:
-        return claim("Paper", text, NOT_JUDGED, "", "no 5-way 5-shot meta-learner in this run")
-    ours_against_ours = against_our_matching_nets(rows, 5, competitive=False)
-    if ours_against_ours:
-        return claim("Paper", text, *ours_against_ours)
-    fraction = fractions.get(ours["setting"], 1.0)
-    statuses = [against_published(ours, paper[(m, "5w5s")], fraction, "higher") for m in MATCHING_NETS]
-    status = CONTRADICTED if CONTRADICTED in statuses else SUPPORTED if set(statuses) == {SUPPORTED} else INCONCLUSIVE
-    numbers = (f"ours {mean_ci(ours['acc_mean'], ours['ci95'])} at {budget_text(fraction)} against the published "
-               f"{published(paper, 'matching_net', '5w5s')} and {published(paper, 'matching_net_fce', '5w5s')} "
-               "(Matching Networks not run here)")
-    return claim("Paper", text, status, numbers)
+    return against_matching_nets(rows, paper, fractions, 5, text, competitive=False)
 
 
 def image_pool_explanation(image_pool):

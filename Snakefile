@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/meta_lstm.smk"
 include: "workflow/rules/baselines.smk"
+include: "workflow/rules/matching_nets.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

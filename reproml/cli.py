@@ -1,4 +1,5 @@
-"""The `reproml` command line: describe, prepare, train, pretrain, select-finetune, evaluate, report, publish.
+"""The `reproml` command line: describe, prepare, train, pretrain, train-matching-net, select-finetune, evaluate,
+report, publish.
 
 A mistake in the input (a path, a file, a value) ends with one line on stderr naming the
 culprit and exit status 2; an interruption (Ctrl-C, or SIGTERM) with status 130 (143) and a hint
@@ -17,8 +18,11 @@ from reproml.data.sources import FORMATS
 from reproml.errors import UserError
 from reproml.evaluation.evaluate import METHODS
 from reproml.methods.finetune import GRID_DECAYS, GRID_EPISODES, GRID_LRS
-from reproml.settings import (DEVIATIONS, FILTERS, GRAD_CLIP, META_LR, N_QUERY, PAPER_PRETRAIN_STEPS, PAPER_TEST_EPISODES,
-                              PAPER_VALIDATION, PRETRAIN_BATCH, paper_iterations)
+from reproml.models.matching_net import DEVIATIONS as MATCHING_NET_DEVIATIONS, VARIANTS as MATCHING_NET_VARIANTS
+from reproml.training.matching_train import KEEP as MATCHING_NET_KEEP
+from reproml.settings import (DEVIATIONS, FILTERS, GRAD_CLIP, META_LR, N_QUERY, PAPER_MATCHING_NET_EPISODES,
+                              PAPER_PRETRAIN_STEPS, PAPER_TEST_EPISODES, PAPER_VALIDATION, PRETRAIN_BATCH,
+                              paper_iterations)
 
 
 def describe(args):
@@ -70,6 +74,16 @@ def pretrain(args):
                        device=args.device, progress=not args.quiet)
     print(f"best validation 1-NN accuracy {summary['best_val_acc']:.2f}% at step {summary['best_step']}; "
           f"network {args.out}/best.pt")
+
+
+def train_matching_net(args):
+    from reproml.training.matching_train import train
+
+    summary = train(data=args.data, variant=args.variant, iterations=args.iterations, val_every=args.val_every,
+                    val_episodes=args.val_episodes, seed=args.seed, out=args.out, keep=args.keep,
+                    deviations=tuple(args.deviation), device=args.device, progress=not args.quiet)
+    print(f"{args.variant}: best 5-shot validation accuracy {summary['best_val_acc']:.2f}% at iteration "
+          f"{summary['best_iteration']}; kept the {args.keep} ({summary['kept_iteration']}): {args.out}/model.pt")
 
 
 def select_finetune(args):
@@ -146,7 +160,8 @@ def report(args):
 
     render_report(templates=args.templates, summary_csv=args.summary, manifest_path=args.manifest, figures=args.figures,
                   benchmarks=args.benchmarks, config=config_argument(args), configfiles=args.configfiles,
-                  run_files=args.runs, eval_files=args.evals, pretrain_files=args.pretrain_runs,
+                  run_files=args.runs, eval_files=args.evals, cross_shot_files=args.cross_shot,
+                  pretrain_files=args.pretrain_runs,
                   published_path=args.published, out=args.out)
     print(f"wrote {args.out}/report.html and {args.out}/report.tex")
 
@@ -264,6 +279,21 @@ def parser():
     add_run_options(pt)
     pt.set_defaults(run=pretrain)
 
+    mn = sub.add_parser("train-matching-net", help="train Matching Networks (or FCE) on 5-way 5-shot episodes "
+                        "as the original code did (resumes)")
+    mn.add_argument("--data", required=True)
+    mn.add_argument("--variant", required=True, choices=MATCHING_NET_VARIANTS)
+    mn.add_argument("--iterations", type=COUNT, default=PAPER_MATCHING_NET_EPISODES, help="training episodes")
+    mn.add_argument("--val-every", type=COUNT, default=PAPER_VALIDATION["every"])
+    mn.add_argument("--val-episodes", type=EPISODES, default=PAPER_VALIDATION["episodes"],
+                    help="validation episodes, each scored at 1 and 5 shots")
+    mn.add_argument("--keep", default="last", choices=MATCHING_NET_KEEP,
+                    help="the model tested: the last (as the original) or the best 5-shot validation")
+    mn.add_argument("--deviation", action="append", default=[], choices=sorted(MATCHING_NET_DEVIATIONS),
+                    help="turn on a named deviation from the original code (repeatable)")
+    add_run_options(mn)
+    mn.set_defaults(run=train_matching_net)
+
     sf = sub.add_parser("select-finetune", help="choose baseline-finetune's (lr, decay) on validation episodes")
     sf.add_argument("--data", required=True)
     sf.add_argument("--checkpoint", required=True, help="a pre-trained network (best.pt of 'reproml pretrain')")
@@ -279,7 +309,8 @@ def parser():
     e = sub.add_parser("evaluate", help="evaluate a method over test episodes")
     e.add_argument("--data", required=True)
     e.add_argument("--method", default="meta_lstm", choices=METHODS)
-    e.add_argument("--checkpoint", help="meta_lstm: a best.pt of 'reproml train'; baseline_*: of 'reproml pretrain'")
+    e.add_argument("--checkpoint", help="meta_lstm: a best.pt of 'reproml train'; baseline_*: of 'reproml pretrain'; "
+                   "matching_net*: a model.pt of 'reproml train-matching-net'")
     e.add_argument("--finetune-choice", help="baseline_finetune: the choice.json of 'reproml select-finetune'")
     e.add_argument("--label", help="the setting's name in results (default: the checkpoint's, or e.g. 5w1s)")
     e.add_argument("--episodes", type=EPISODES, default=PAPER_TEST_EPISODES)
@@ -319,6 +350,8 @@ def parser():
     r.add_argument("--configfiles", default="config/config.yaml")
     r.add_argument("--runs", nargs="+", required=True)
     r.add_argument("--evals", nargs="+", required=True)
+    r.add_argument("--cross-shot", nargs="*", default=[], help="summary.json files of meta-learners tested at "
+                   "another shot than they were trained at")
     r.add_argument("--pretrain-runs", nargs="*", default=[], help="run.json files written by 'reproml pretrain'")
     r.add_argument("--published", required=True, help="published-results.yaml (for the claims)")
     r.add_argument("--out", required=True)
@@ -352,7 +385,7 @@ def terminate(signum, frame):
 
 
 # The subcommands that write into an --out folder of their own, held while they run (atomic.exclusive).
-HOLD_OUT = {"train", "pretrain", "select-finetune", "evaluate"}
+HOLD_OUT = {"train", "pretrain", "train-matching-net", "select-finetune", "evaluate"}
 
 
 def main(argv=None):

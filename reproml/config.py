@@ -11,7 +11,7 @@ import yaml
 
 from reproml.errors import UserError
 from reproml.files import read_yaml
-from reproml.settings import PAPER_PRETRAIN_STEPS, paper_iterations, scaled_budget
+from reproml.settings import PAPER_MATCHING_NET_EPISODES, PAPER_PRETRAIN_STEPS, paper_iterations, scaled_budget
 
 
 def key_path(path):
@@ -61,13 +61,15 @@ def check_dataset(dataset, key):
 
 def fill_budgets(config):
     """The training budgets a config leaves out: the paper's times `budget_fraction` (one factor for
-    meta-training and pre-training alike, so the methods keep the paper's ratio); the baselines'
-    seeds: the run's."""
+    meta-training, pre-training and Matching Networks alike, so the methods keep the paper's ratio);
+    the baselines' and the Matching Networks' seeds: the run's."""
     fraction = config["budget_fraction"]
     for setting in config["settings"].values():
         setting.setdefault("iterations", scaled_budget(fraction, paper_iterations(setting["k_shot"])))
     config["baselines"]["pretrain"].setdefault("steps", scaled_budget(fraction, PAPER_PRETRAIN_STEPS))
     config["baselines"].setdefault("seeds", list(config["seeds"]))
+    config["matching_nets"].setdefault("iterations", scaled_budget(fraction, PAPER_MATCHING_NET_EPISODES))
+    config["matching_nets"].setdefault("seeds", list(config["seeds"]))
 
 
 # JSON Schema counts 4.0 as an integer; the jobs' command lines would not.
@@ -108,6 +110,10 @@ def validate_config(config, schema_path):
     if pretrain["val_every"] > pretrain["steps"]:
         raise UserError(f"config: baselines.pretrain.val_every: {pretrain['val_every']} is more than its "
                         f"steps ({pretrain['steps']})")
+    matching = config["matching_nets"]
+    if matching["variants"] and matching["val_every"] > matching["iterations"]:
+        raise UserError(f"config: matching_nets.val_every: {matching['val_every']} is more than its "
+                        f"iterations ({matching['iterations']})")
     for name, setting in config["settings"].items():
         if setting["val_every"] > setting["iterations"]:
             raise UserError(f"config: settings.{name}.val_every: {setting['val_every']} is more than its "

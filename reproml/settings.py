@@ -23,6 +23,7 @@ DEVIATIONS = {
 # budgets (meta-training episodes, pre-training steps) by one factor, so that the methods keep the
 # paper's ratio between them.
 PAPER_PRETRAIN_STEPS = 30000
+PAPER_MATCHING_NET_EPISODES = 75000  # each Matching Networks variant, 5-way 5-shot episodes
 PAPER_TEST_EPISODES = 600
 PAPER_VALIDATION = {"every": 1000, "episodes": 100}
 # The original's other defaults, each defined here once (the CLI reads them; the config schema's
@@ -50,6 +51,17 @@ def shot_defaults(k_shot):
     if k_shot == 1:
         return {"batch_size": 5, "epochs": 12, "bn_momentum": 0.9}
     return {"batch_size": 25, "epochs": 8, "bn_momentum": 0.95}
+
+
+def cross_shot_inner_loop(trained_shot, test_shot):
+    """(batch size, epochs) of the original's inner loop for a model trained at `trained_shot` and
+    tested at `test_shot`: the test shot's entry in the training config (train-imagenet-1shot.lua:
+    1-shot 5 x 12, 5-shot 5 x 5; -5shot.lua: 1-shot 5 x 5, 5-shot 25 x 8), for other shots the
+    training shot's."""
+    trained_at_one = trained_shot == 1
+    entries = {1: (5, 12), 5: (5, 5)} if trained_at_one else {1: (5, 5), 5: (25, 8)}
+    own = shot_defaults(trained_shot)
+    return entries.get(test_shot, (own["batch_size"], own["epochs"]))
 
 
 @dataclass(frozen=True)

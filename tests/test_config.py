@@ -39,6 +39,8 @@ def test_shipped_configs_are_valid_and_get_defaults():
     paper = shipped("paper.yaml")
     assert [s["iterations"] for s in paper["settings"].values()] == [75000, 50000, 50000, 50000]
     assert paper["test_episodes"] == 600 and paper["baselines"]["seeds"] == paper["seeds"] == [0]
+    assert paper["matching_nets"] == {"variants": ["matching_net", "matching_net_fce"], "iterations": 75000,
+                                      "val_every": 1000, "val_episodes": 100, "keep": "last", "seeds": [0]}
     defaults = validate_config({"dataset": {"name": "d", "format": "demo"},
                                 "settings": {"5w1s": {"n_way": 5, "k_shot": 1, "val_every": 1000}}}, SCHEMA)
     assert defaults["baselines"] == paper["baselines"]  # the defaults are the original code's
@@ -58,11 +60,15 @@ def test_budgets_are_the_papers_times_one_factor(name):
     for setting in config["settings"].values():
         assert setting["iterations"] == round(fraction * (75000 if setting["k_shot"] == 1 else 50000))
     assert config["baselines"]["pretrain"]["steps"] == round(fraction * 30000)
+    assert "iterations" not in raw.get("matching_nets", {})
+    assert config["matching_nets"]["iterations"] == round(fraction * 75000)
 
 
 def test_schema_knows_every_deviation():
     schema = yaml.safe_load(SCHEMA.read_text())
-    assert set(schema["properties"]["deviations"]["items"]["enum"]) == set(DEVIATIONS)
+    from reproml.models.matching_net import DEVIATIONS as MATCHING_NET_DEVIATIONS
+
+    assert set(schema["properties"]["deviations"]["items"]["enum"]) == set(DEVIATIONS) | set(MATCHING_NET_DEVIATIONS)
 
 
 def merge(base, over):
@@ -120,4 +126,8 @@ def test_the_schema_and_the_cli_share_the_originals_defaults():
     assert default("train", "val_episodes") == default("pretrain", "val_episodes") == PAPER_VALIDATION["episodes"]
     assert default("evaluate", "episodes") == PAPER_TEST_EPISODES and default("pretrain", "batch_size") == PRETRAIN_BATCH
     assert default("select-finetune", "episodes") == GRID_EPISODES
+    matching = schema["matching_nets"]["properties"]
+    mn = parser().parse_args(["train-matching-net", "--data", "d", "--variant", "matching_net", "--out", "o"])
+    assert (matching["val_every"]["default"], matching["val_episodes"]["default"], matching["keep"]["default"]) == \
+        (mn.val_every, mn.val_episodes, mn.keep) == (PAPER_VALIDATION["every"], PAPER_VALIDATION["episodes"], "last")
     assert default("select-finetune", "lrs") == ",".join(map(str, GRID_LRS))

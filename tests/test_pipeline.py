@@ -144,7 +144,10 @@ def test_table_one_has_the_papers_rows_and_a_column_per_setting(smoke_run):
     meta_lstm = table["rows"][4]["cells"]
     assert meta_lstm[0] == {"ours": f"{ours['acc_mean']:.2f} ± {ours['ci95']:.2f}", "published": "43.44 ± 0.77"}
     assert meta_lstm[2]["published"] == "–"  # no published 5-way 2-shot
-    assert table["rows"][2]["cells"][0] == {"ours": "not run", "published": "43.40 ± 0.78"}
+    ours_mn = home[(home["method"] == "matching_net") & (home["setting"] == "5w1s")].iloc[0]
+    assert table["rows"][2]["cells"][0] == {"ours": f"{ours_mn['acc_mean']:.2f} ± {ours_mn['ci95']:.2f}",
+                                            "published": "43.40 ± 0.78"}
+    assert table["rows"][3]["cells"][1] == {"ours": "–", "published": "–"}  # trained once: no image pool
     assert table["rows"][0]["cells"][1] == {"ours": "–", "published": "–"}  # baselines skip an image pool
     assert table["rows"][6]["cells"][0] == {"ours": "", "published": "42.59"}
     html = (smoke_run / "results" / "report" / "report.html").read_text()
@@ -152,6 +155,33 @@ def test_table_one_has_the_papers_rows_and_a_column_per_setting(smoke_run):
     tex = (smoke_run / "results" / "report" / "report.tex").read_text()
     assert r"\published{published 43.44 \ensuremath{\pm} 0.77}" in tex
     assert (smoke_run / "results" / "figures" / "accuracy.png").stat().st_size > 10_000
+
+
+def test_every_five_way_model_is_tested_at_every_shot(smoke_run):
+    """The cross-shot table: a meta-learner per training setting on both settings' test episodes (the
+    other shot with the original's inner loop for it), the Matching Networks and baselines trained once."""
+    from reproml.report.tables import cross_shot_table
+
+    summary = pd.read_csv(smoke_run / "results" / "summary.csv", dtype={"image_pool": str})
+    home = summary[summary["eval_dataset"] == summary["dataset"]]
+    crossed = sorted((smoke_run / "results" / "cross_shot").rglob("summary.json"))
+    assert [p.relative_to(smoke_run / "results" / "cross_shot").parts[:3] for p in crossed] == [
+        ("demo-smoke", "5w1s", "5w2s"), ("demo-smoke", "5w2s", "5w1s")]
+    one_to_two = json.loads(crossed[0].read_text())
+    assert (one_to_two["k_shot"], one_to_two["trained_k_shot"], one_to_two["inner_loop"]) == (
+        2, 1, {"batch_size": 5, "epochs": 12})  # 2 shots: the 1-shot training config's own entry
+    assert json.loads(crossed[1].read_text())["inner_loop"] == {"batch_size": 5, "epochs": 5}  # its 1-shot entry
+    table = cross_shot_table(home, crossed)
+    assert table["tests"] == ["5w1s", "5w2s"]
+    assert [(r["method"], r["trained"]) for r in table["rows"]] == [
+        ("Baseline fine-tune", "a 64-class classifier"), ("Baseline nearest-neighbour", "a 64-class classifier"),
+        ("Matching Networks", "5-way 5-shot episodes"), ("Matching Networks FCE", "5-way 5-shot episodes"),
+        ("Meta-learner LSTM", "5w1s"), ("Meta-learner LSTM", "5w2s")]
+    off = json.loads(crossed[0].read_text())
+    assert table["rows"][4]["cells"][1] == f"{off['acc_mean']:.2f} ± {off['ci95']:.2f}"
+    matched = home[(home["method"] == "meta_lstm") & (home["setting"] == "5w1s")].iloc[0]
+    assert table["rows"][4]["cells"][0] == f"{matched['acc_mean']:.2f} ± {matched['ci95']:.2f}"
+    assert "Trained at one shot, tested at another" in (smoke_run / "results" / "report" / "report.html").read_text()
 
 
 def test_the_report_is_published_and_in_snakemakes_own_report(smoke_run, monkeypatch):

@@ -5,6 +5,7 @@ Methods and what `--checkpoint` means for each:
   meta_lstm                  a meta-learner (best.pt of 'reproml train'); also records its gates
   baseline_nearest_neighbor  a pre-trained network (best.pt of 'reproml pretrain')
   baseline_finetune          a pre-trained network, plus the (lr, decay) of 'reproml select-finetune'
+  matching_net(_fce)         a Matching Network (model.pt of 'reproml train-matching-net'), at any shot
   pixel_nearest_neighbor     nothing
 """
 
@@ -25,11 +26,13 @@ from reproml.methods.finetune import finetune_classifier
 from reproml.methods.meta_lstm import load_checkpoint, query_logits
 from reproml.methods.nearest_neighbor import feature_nearest_neighbor, pixel_nearest_neighbor
 from reproml.kernels import build as kernels
+from reproml.models.matching_net import VARIANTS as MATCHING_NETS
 from reproml.models.pretrained import load_pretrained
-from reproml.settings import N_QUERY, TaskSettings, resolve_device
+from reproml.training import matching_train
+from reproml.settings import N_QUERY, TaskSettings, cross_shot_inner_loop, resolve_device
 from reproml.statistics import summarize
 
-METHODS = ("meta_lstm", "baseline_nearest_neighbor", "baseline_finetune", "pixel_nearest_neighbor")
+METHODS = ("meta_lstm", "baseline_nearest_neighbor", "baseline_finetune", *MATCHING_NETS, "pixel_nearest_neighbor")
 
 
 @torch.no_grad()
@@ -74,12 +77,17 @@ def meta_lstm_method(checkpoint, device, manifest, data, n_way, k_shot, n_query)
         raise UserError(f"{checkpoint}: trained for {settings.n_way}-way episodes, not --n-way {n_way} "
                         "(the learner's output layer has one unit per class)")
     overrides = {"k_shot": k_shot, "n_query": n_query}
+    trained_shot = settings.k_shot
+    if k_shot is not None and k_shot != trained_shot:  # tested at another shot: the original's inner loop for it
+        overrides["batch_size"], overrides["epochs"] = cross_shot_inner_loop(trained_shot, k_shot)
     settings = TaskSettings.from_dict({**settings.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
     check_image_size(checkpoint, settings.image_size, manifest, data)
     meta.eval()
     recorder = GateRecorder(learner, device)
     info = {"checkpoint": str(checkpoint), "checkpoint_iteration": ckpt.get("iteration"), "train_seed": ckpt.get("seed"),
             "train_dataset": ckpt.get("dataset"), "image_pool": ckpt.get("image_pool", "all"),
+            "trained_setting": ckpt.get("setting"), "trained_k_shot": trained_shot,
+            "inner_loop": {"batch_size": settings.batch_size, "epochs": settings.epochs},
             "compiled_kernels": kernels.describe(device)}
     return meta_lstm_classifier(meta, learner, settings, recorder), settings, info, ckpt.get("setting"), recorder
 
@@ -98,6 +106,18 @@ def baseline_method(method, checkpoint, finetune_choice, seed, device, manifest,
     choice = read_finetune_choice(finetune_choice)
     classify = finetune_classifier(pretrained, settings.n_way, choice["finetune_lr"], choice["finetune_decay"], seed)
     return classify, {**info, **choice}
+
+
+def matching_net_method(method, checkpoint, device, manifest, data, n_way):
+    if checkpoint is None:
+        raise UserError(f"--method {method} needs --checkpoint (a model.pt from 'reproml train-matching-net')")
+    model, params, bn_stats, ckpt = matching_train.load_matching_net(checkpoint, device)
+    if model.spec.variant != method:
+        raise UserError(f"{checkpoint}: a {model.spec.variant} model, not --method {method}")
+    check_image_size(checkpoint, model.spec.image_size, manifest, data)
+    info = {"checkpoint": str(checkpoint), "checkpoint_iteration": ckpt.get("iteration"), "train_seed": ckpt.get("seed"),
+            "train_dataset": ckpt.get("dataset"), "keep": ckpt.get("keep"), "deviations": list(model.spec.deviations)}
+    return matching_train.classifier(model, params, bn_stats, n_way), info
 
 
 def evaluate(data, episodes, seed, out, method="meta_lstm", checkpoint=None, device="auto", split="test",
@@ -133,6 +153,8 @@ def evaluate(data, episodes, seed, out, method="meta_lstm", checkpoint=None, dev
         settings = TaskSettings(n_way, k_shot, manifest["image_size"], n_query=n_query or N_QUERY)
         if method == "pixel_nearest_neighbor":
             classify, info = pixel_nearest_neighbor, {}
+        elif method in MATCHING_NETS:
+            classify, info = matching_net_method(method, checkpoint, device, manifest, data, settings.n_way)
         else:
             classify, info = baseline_method(method, checkpoint, finetune_choice, seed, device, manifest, data,
                                              settings)

@@ -42,7 +42,8 @@ class LearnerSpec:
             shapes += [(f"conv{b}", "weight", (self.filters, channels, 3, 3)), (f"conv{b}", "bias", (self.filters,)),
                        (f"bn{b}", "weight", (self.filters,)), (f"bn{b}", "bias", (self.filters,))]
             channels = self.filters
-        shapes += [("head", "weight", (self.n_way, self.feature_size)), ("head", "bias", (self.n_way,))]
+        if self.n_way:  # n_way = 0: the blocks alone, an embedding (Matching Networks')
+            shapes += [("head", "weight", (self.n_way, self.feature_size)), ("head", "bias", (self.n_way,))]
         return shapes
 
 
@@ -93,9 +94,10 @@ class Learner:
         f = self.spec.filters
         return [(torch.zeros(f, device=device), torch.ones(f, device=device)) for _ in range(self.spec.blocks)]
 
-    def features(self, flat, x, bn_stats, training, momentum):
+    def features(self, flat, x, bn_stats, training, momentum, dropout=None):
         """The flattened output of the last block. In training mode BN normalises with the
-        batch's statistics and updates `bn_stats` in place; otherwise it uses `bn_stats`."""
+        batch's statistics and updates `bn_stats` in place; otherwise it uses `bn_stats`.
+        `dropout`, if given, is applied to every block's output (Matching Networks' embedding)."""
         params = self.unflatten(flat)
         x = x.contiguous(memory_format=torch.channels_last)  # the kernels' layout, and oneDNN's faster one here
         for b, (mean, var) in enumerate(bn_stats):
@@ -104,6 +106,8 @@ class Learner:
                 x = kernel_block.block(x, conv_w, conv_b, mean, var, bn_w, bn_b, training, momentum, self.spec.bn_eps)
             else:
                 x = plain_block(x, conv_w, conv_b, mean, var, bn_w, bn_b, training, momentum, self.spec.bn_eps)
+            if dropout is not None:
+                x = dropout(x)
         return x.flatten(1)
 
     def forward(self, flat, x, bn_stats, training, momentum):

@@ -25,7 +25,8 @@ from reproml.report.aggregate import fmt, in_domain, mean_ci, published_lookup, 
 from reproml.report.analyses import image_pool_ablation, transfer_table
 from reproml.report.claims import assess_claims
 from reproml.report.study import budgets, compute, differences, meta_fractions, scope
-from reproml.report.tables import LONG_HEADER, LONG_KEYS, long_table, long_table_csv, table_one
+from reproml.report.tables import LONG_HEADER, LONG_KEYS, cross_shot_table, long_table, long_table_csv, table_one
+from reproml.models.matching_net import DEVIATIONS as MATCHING_NET_DEVIATIONS
 from reproml.settings import DEVIATIONS, TaskSettings
 from reproml.training.run_log import read_curve, read_run
 
@@ -170,7 +171,7 @@ def environments(templates):
 
 
 def render_report(templates, summary_csv, manifest_path, figures, benchmarks, config, configfiles, run_files, eval_files,
-                  pretrain_files, published_path, out):
+                  pretrain_files, published_path, out, cross_shot_files=()):
     summary = read_frame(summary_csv, "summary.csv", SUMMARY_COLUMNS)
     manifest = read_manifest(Path(manifest_path).parent)
     demo = manifest["source"]["format"] == "demo"
@@ -192,11 +193,12 @@ def render_report(templates, summary_csv, manifest_path, figures, benchmarks, co
         "compute": compute_rows, "gpu_hours": any(r["gpu_h"] is not None for r in compute_rows),
         "differences": differences(config, manifest, details, pretraining, home),
         "table_one": table_one(home, paper, comp6248), "long_rows": long_rows,
+        "cross_shot": cross_shot_table(home, cross_shot_files),
         "accuracy": embedded_figures(figures, [("accuracy", "accuracy.png")])[0],
         "curves": embedded_figures(figures, [(s, f"curve_{s}.png") for s in details]),
         "gates": embedded_figures(figures, [(s, f"gates_{s}.png") for s in details]),
         "pretraining": pretraining, "finetune": finetune, "image_pool": image_pool, "transfer": transfer_table(summary),
-        "deviations": [(name, DEVIATIONS[name]) for name in config.get("deviations", [])],
+        "deviations": [(name, {**DEVIATIONS, **MATCHING_NET_DEVIATIONS}[name]) for name in config.get("deviations", [])],
         "versions": package_versions(), "commit": git_commit(), "devices": devices,
         "commands": [rerun_command(configfiles), "# one setting again (its training and everything after it):",
                      rerun_command(configfiles) + " --forcerun results/runs/*/SETTING/*/run.json"],

@@ -10,17 +10,18 @@ from reproml.files import read_csv
 from reproml.methods.finetune import GRID_DECAYS, GRID_EPISODES, GRID_LRS
 from reproml.report.claims import METHOD_NAMES
 from reproml.report.tables import PAPER_ORDER
-from reproml.settings import (PAPER_PRETRAIN_STEPS, PAPER_TEST_EPISODES, PAPER_VALIDATION, paper_iterations,
-                              shot_defaults)
+from reproml.settings import (PAPER_MATCHING_NET_EPISODES, PAPER_PRETRAIN_STEPS, PAPER_TEST_EPISODES,
+                              PAPER_VALIDATION, paper_iterations, shot_defaults)
 
 PAPER_FINETUNE_GRID = len(GRID_LRS) * len(GRID_DECAYS)
 PAPER_FINETUNE_EPISODES = GRID_EPISODES
 PAPER_IMAGE_SIZE = 84
 # Stages of the pipeline for the compute table, by Snakemake rule (a trailing * matches a prefix).
 STAGES = {"data": ("prepare_data", "prepare_transfer_data"), "meta-training": ("train_meta_lstm",),
-          "pre-training": ("pretrain",), "fine-tuning search": ("select_finetune",), "evaluation": ("evaluate*",),
+          "pre-training": ("pretrain",), "fine-tuning search": ("select_finetune",),
+          "Matching Networks training": ("train_matching_net",), "evaluation": ("evaluate*",),
           "report": ("aggregate", "figures", "report", "report_pdf", "publish_report")}
-DEVICE_STAGES = ("meta-training", "pre-training", "fine-tuning search", "evaluation")
+DEVICE_STAGES = ("meta-training", "pre-training", "fine-tuning search", "Matching Networks training", "evaluation")
 
 
 def fraction_text(ours, paper):
@@ -61,6 +62,16 @@ def budgets(config, details, pretraining):
         rows.append({"what": "fine-tuning search", "ours": f"{points} (lr, decay) points on {f['val_episodes']} "
                      "validation episodes", "paper": f"{PAPER_FINETUNE_GRID} points on {PAPER_FINETUNE_EPISODES}",
                      "fraction": fraction_text(points * f["val_episodes"], PAPER_FINETUNE_GRID * PAPER_FINETUNE_EPISODES)})
+    matching = config["matching_nets"]
+    if matching["variants"]:
+        names = " and ".join(METHOD_NAMES[v] for v in matching["variants"])
+        rows.append({"what": f"{names}: 5-way 5-shot training episodes, each", "ours": f"{matching['iterations']:,}",
+                     "paper": f"{PAPER_MATCHING_NET_EPISODES:,}",
+                     "fraction": fraction_text(matching["iterations"], PAPER_MATCHING_NET_EPISODES)})
+        rows.append({"what": f"{names}: validation", "ours": f"every {matching['val_every']:,} over "
+                     f"{matching['val_episodes']} episodes; the {matching['keep']} model tested",
+                     "paper": f"every {PAPER_VALIDATION['every']:,} over {PAPER_VALIDATION['episodes']} episodes; "
+                     "the last model tested", "fraction": "–"})
     rows.append({"what": "test episodes per method and seed", "ours": f"{config['test_episodes']:,}",
                  "paper": f"{PAPER_TEST_EPISODES:,}", "fraction": fraction_text(config["test_episodes"], PAPER_TEST_EPISODES)})
     return rows
@@ -176,7 +187,7 @@ def differences(config, manifest, details, pretraining, summary):
     absent = [METHOD_NAMES[m] for m in ("matching_net", "matching_net_fce") if m not in set(summary["method"])]
     if absent:
         items.append((f"{' and '.join(absent)} not run: compared through their published figures only.",
-                      "Not implemented in this pipeline yet."))
+                      "Left out of this run's configuration (matching_nets.variants)."))
     for name in config.get("deviations", []):
         items.append((f"Deviation `{name}` on.", "Chosen in the configuration (see Methodology)."))
     return [{"what": what, "why": why} for what, why in items]

@@ -4,8 +4,9 @@ paired differences and verdicts), from results/summary.csv's in-domain rows."""
 
 import pandas as pd
 
-from reproml.report.aggregate import fmt, mean_ci
+from reproml.report.aggregate import fmt, mean_ci, read_episodes, read_summary
 from reproml.report.claims import METHOD_NAMES
+from reproml.statistics import summarize
 
 # The rows of the paper's Table 1, in its order; methods it does not have follow.
 PAPER_ORDER = ("baseline_finetune", "baseline_nearest_neighbor", "matching_net", "matching_net_fce", "meta_lstm")
@@ -61,3 +62,42 @@ def long_table(summary):
 
 def long_table_csv(rows, path):
     pd.DataFrame(rows, columns=LONG_KEYS).set_axis(LONG_HEADER, axis=1).to_csv(path, index=False)
+
+
+def cross_shot_table(summary, cross_shot_files):
+    """Trained-at x tested-at for the 5-way settings (the original tests every model at both shots):
+    a row per trained model, a column per 5-way test setting. The matched cells and the models
+    trained once for every shot (the baselines' network, the Matching Networks on 5-shot episodes)
+    come from summary.csv; a meta-learner at another shot from its cross-shot evaluations, pooled
+    over seeds. Empty when the run has fewer than two 5-way settings."""
+    five_way = summary[(summary["n_way"] == 5) & (summary["episodes"] > 0) & (summary["image_pool"].fillna("all").astype(str) == "all")]
+    tests = list(dict.fromkeys(five_way["setting"]))
+    if len(tests) < 2:
+        return None
+    ran = five_way.set_index(["method", "setting"])
+    crossed = {}
+    for path in cross_shot_files:
+        s = read_summary(path)
+        crossed.setdefault((s["trained_setting"], s["setting"]), []).extend(read_episodes(path).values())
+    trained_as = {"baseline_finetune": "a 64-class classifier", "baseline_nearest_neighbor": "a 64-class classifier",
+                  "matching_net": "5-way 5-shot episodes", "matching_net_fce": "5-way 5-shot episodes"}
+    rows = []
+    for method in method_order(five_way["method"]):
+        if method == "meta_lstm":
+            for trained in tests:
+                cells = [mean_ci(ran.loc[(method, t), "acc_mean"], ran.loc[(method, t), "ci95"]) if t == trained else
+                         mean_ci(*pooled(crossed.get((trained, t)))) for t in tests]
+                rows.append({"method": METHOD_NAMES[method], "trained": trained, "cells": cells})
+        elif method in trained_as and method in ran.index.get_level_values(0):
+            rows.append({"method": METHOD_NAMES[method], "trained": trained_as[method],
+                         "cells": [mean_ci(ran.loc[(method, t), "acc_mean"], ran.loc[(method, t), "ci95"])
+                                   if (method, t) in ran.index else "–" for t in tests]})
+    return {"tests": tests, "rows": rows}
+
+
+def pooled(accuracies):
+    """(mean, 95% CI) over episodes, or (None, None) without any."""
+    if not accuracies:
+        return None, None
+    s = summarize(accuracies)
+    return s["acc_mean"], s["ci95"]

@@ -73,13 +73,13 @@ def record_step(state, loss, accuracy, seconds):
     window["seconds"] += seconds
 
 
-def record_validation(state, iteration, val):
+def record_validation(state, iteration, val, extra=None):
     """Add a curve row for `iteration` (training means since the last validation, then the
-    validation result) and return whether it is the best validation so far."""
+    validation result, then any `extra` columns) and return whether it is the best validation so far."""
     window = state["window"]
     state["curve"].append({"iteration": iteration, "train_loss": sum(window["losses"]) / len(window["losses"]),
                            "train_acc": sum(window["accs"]) / len(window["accs"]), "val_acc": val["acc_mean"],
-                           "val_ci95": val["ci95"]})
+                           "val_ci95": val["ci95"], **(extra or {})})
     state["train_seconds"] += window["seconds"]
     state["window"] = {"losses": [], "accs": [], "seconds": 0.0}
     state["iteration"] = iteration
@@ -107,7 +107,8 @@ def read_curve(run_file):
 
 def curve_csv(rows):
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, CURVE_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, list(dict.fromkeys(CURVE_COLUMNS + [k for row in rows for k in row])),
+                            lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from reproml.config import check_config_files, validate_config
 from reproml.errors import UserError
+from reproml.models.matching_net import DEVIATIONS as MATCHING_NET_DEVIATIONS
+from reproml.settings import DEVIATIONS as META_LSTM_DEVIATIONS
 
 try:
     check_config_files(workflow.overwrite_configfiles or [Path(workflow.basedir) / "config" / "config.yaml"])
@@ -29,6 +31,16 @@ UNTRAINED_EVAL = "results/eval/{dataset}/{setting}/untrained/{method}"  # method
 PRETRAIN = "results/pretrain/{dataset}/seed{seed}"  # the baselines' network: one per dataset and seed
 FINETUNE_GRID = "results/finetune_grid/{dataset}/{setting}/seed{seed}"
 BASELINES = ["baseline_nearest_neighbor", "baseline_finetune"] if config["baselines"]["enabled"] else []
+# Matching Networks: one model per (dataset, variant, seed), trained on 5-way 5-shot episodes, tested in
+# every 5-way setting without an image pool.
+MATCHING_NETS = config["matching_nets"]["variants"]
+MATCHING_NET_SEEDS = config["matching_nets"]["seeds"]
+MATCHING_NET_SETTINGS = [name for name in BASELINE_SETTINGS if config["settings"][name]["n_way"] == 5]
+MATCHING_NET_RUN = "results/matching_nets/{dataset}/{method}/seed{seed}"
+# Cross-shot testing (as the original): each 5-way meta-learner on the test episodes of the other 5-way
+# settings without an image pool; {trained} is the setting it was trained in.
+CROSS_SHOT_SETTINGS = MATCHING_NET_SETTINGS
+CROSS_SHOT_EVAL = "results/cross_shot/{dataset}/{trained}/{setting}/seed{seed}/{method}"
 TRANSFER_DATA = "results/data/transfer/{eval_dataset}"
 TRANSFER_EVAL = "results/transfer/{dataset}/{eval_dataset}/{setting}/seed{seed}/{method}"
 TRANSFER_UNTRAINED_EVAL = "results/transfer/{dataset}/{eval_dataset}/{setting}/untrained/{method}"
@@ -39,6 +51,7 @@ wildcard_constraints:
     setting=r"[A-Za-z0-9_-]+",
     seed=r"\d+",
     eval_dataset=r"[A-Za-z0-9._-]+",
+    trained=r"[A-Za-z0-9_-]+",
 
 
 def uses_gpu():
@@ -58,11 +71,14 @@ def all_runs(name):
 
 def evaluations(trained, untrained, **wildcards):
     """Evaluation summaries: the meta-learner per (setting, seed), the baselines per (setting
-    without an image pool, baseline seed), pixel 1-NN per setting without an image pool."""
+    without an image pool, baseline seed), the Matching Networks per (5-way setting without an image
+    pool, seed), pixel 1-NN per setting without an image pool."""
     return (expand(f"{trained}/summary.json", dataset=DATASET, setting=SETTINGS, seed=SEEDS, method="meta_lstm",
                    **wildcards)
             + expand(f"{trained}/summary.json", dataset=DATASET, setting=BASELINE_SETTINGS, seed=BASELINE_SEEDS,
                      method=BASELINES, **wildcards)
+            + expand(f"{trained}/summary.json", dataset=DATASET, setting=MATCHING_NET_SETTINGS,
+                     seed=MATCHING_NET_SEEDS, method=MATCHING_NETS, **wildcards)
             + expand(f"{untrained}/summary.json", dataset=DATASET, setting=BASELINE_SETTINGS,
                      method="pixel_nearest_neighbor", **wildcards))
 
@@ -71,6 +87,16 @@ def all_evals():
     """Every evaluation summary: on the training dataset's test split, then on each transfer dataset's."""
     return (evaluations(EVAL, UNTRAINED_EVAL)
             + evaluations(TRANSFER_EVAL, TRANSFER_UNTRAINED_EVAL, eval_dataset=list(TRANSFER)))
+
+
+def all_matching_net_runs():
+    return expand(f"{MATCHING_NET_RUN}/run.json", dataset=DATASET, method=MATCHING_NETS, seed=MATCHING_NET_SEEDS)
+
+
+def all_cross_shot_evals():
+    return [path for trained in CROSS_SHOT_SETTINGS for setting in CROSS_SHOT_SETTINGS if setting != trained
+            for path in expand(f"{CROSS_SHOT_EVAL}/summary.json", dataset=DATASET, trained=trained, setting=setting,
+                               seed=SEEDS, method="meta_lstm")]
 
 
 def all_gates():

@@ -5,13 +5,15 @@
 
 
 def evaluation_inputs(wildcards):
-    """The test data, and what a trained method is evaluated from: the meta-learner's best.pt, or the
-    pre-trained network (for fine-tuning also the (lr, decay) chosen on the training dataset's
-    validation split)."""
+    """The test data, and what a trained method is evaluated from: the meta-learner's best.pt, a
+    Matching Network's model.pt, or the pre-trained network (for fine-tuning also the (lr, decay)
+    chosen on the training dataset's validation split)."""
     w = dict(wildcards.items())
     inputs = {"manifest": (TRANSFER_DATA if "eval_dataset" in w else DATA).format(**w) + "/manifest.json"}
     if w["method"] == "meta_lstm":
-        inputs["checkpoint"] = RUN.format(**w) + "/best.pt"
+        inputs["checkpoint"] = RUN.format(**{**w, "setting": w.get("trained", w["setting"])}) + "/best.pt"
+    elif w["method"] in MATCHING_NETS:
+        inputs["checkpoint"] = MATCHING_NET_RUN.format(**w) + "/model.pt"
     elif w["method"] in BASELINES:
         inputs["checkpoint"] = PRETRAIN.format(**w) + "/best.pt"
     if w["method"] == "baseline_finetune":
@@ -21,14 +23,15 @@ def evaluation_inputs(wildcards):
 
 def evaluation_args(wildcards, input):
     """`reproml evaluate`'s options for a method: its files, and the episode shape for the methods
-    that do not take it from a checkpoint; on a transfer dataset, the training dataset's name."""
+    that do not take it from a checkpoint (and for a meta-learner tested at another shot); on a
+    transfer dataset, the training dataset's name."""
     args = [f"--method {wildcards.method}", f"--data {shlex.quote(os.path.dirname(input.manifest))}",
             f"--label {shlex.quote(wildcards.setting)}"]
     if "checkpoint" in input.keys():
         args.append(f"--checkpoint {shlex.quote(input.checkpoint)}")
     if "choice" in input.keys():
         args.append(f"--finetune-choice {shlex.quote(input.choice)}")
-    if wildcards.method != "meta_lstm":
+    if wildcards.method != "meta_lstm" or "trained" in wildcards.keys():
         args.append(episode_args(wildcards))
     if "eval_dataset" in wildcards.keys():
         args.append(f"--train-dataset {shlex.quote(wildcards.dataset)} --skip-if-too-small")
@@ -42,7 +45,7 @@ rule evaluate:
         summary=f"{EVAL}/summary.json",
         episodes=f"{EVAL}/episodes.csv",
     wildcard_constraints:
-        method="|".join(BASELINES) or "(?!)",
+        method="|".join(BASELINES + MATCHING_NETS) or "(?!)",
     params:
         args=evaluation_args,
         out=lambda wildcards, output: os.path.dirname(output.summary),
@@ -70,6 +73,18 @@ use rule evaluate as evaluate_meta_lstm with:
         method="meta_lstm",
 
 
+use rule evaluate as evaluate_cross_shot with:
+    output:
+        summary=f"{CROSS_SHOT_EVAL}/summary.json",
+        episodes=f"{CROSS_SHOT_EVAL}/episodes.csv",
+    wildcard_constraints:
+        method="meta_lstm",
+    log:
+        "logs/evaluate_cross_shot/{dataset}/{trained}/{setting}/seed{seed}/{method}.log",
+    benchmark:
+        "benchmarks/evaluate_cross_shot/{dataset}/{trained}/{setting}/seed{seed}/{method}.tsv"
+
+
 use rule evaluate as evaluate_untrained with:
     output:
         summary=f"{UNTRAINED_EVAL}/summary.json",
@@ -89,7 +104,7 @@ use rule evaluate as evaluate_transfer with:
         summary=f"{TRANSFER_EVAL}/summary.json",
         episodes=f"{TRANSFER_EVAL}/episodes.csv",
     wildcard_constraints:
-        method="|".join(["meta_lstm"] + BASELINES),
+        method="|".join(["meta_lstm"] + BASELINES + MATCHING_NETS),
     log:
         "logs/evaluate_transfer/{dataset}/{eval_dataset}/{setting}/seed{seed}/{method}.log",
     benchmark:

@@ -7,7 +7,7 @@ def train_args(wildcards):
             f"--iterations {s['iterations']} --val-every {s['val_every']} --val-episodes {s['val_episodes']}",
             f"--lr {s['lr']} --grad-clip {s['grad_clip']}"]
     args += [f"--{key.replace('_', '-')} {s[key]}" for key in OPTIONAL_TRAIN_KEYS if key in s]
-    args += [f"--deviation {name}" for name in config["deviations"]]
+    args += [f"--deviation {name}" for name in config["deviations"] if name in META_LSTM_DEVIATIONS]
     args.append(f"--image-pool {s['image_pool']}")
     return " ".join(args)
 

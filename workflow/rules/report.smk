@@ -58,6 +58,7 @@ rule report:
         figures=FIGURES,
         runs=all_runs("run.json"),
         evals=all_evals(),
+        cross_shot=all_cross_shot_evals(),
         pretrain_runs=expand(f"{PRETRAIN}/run.json", dataset=DATASET, seed=BASELINE_SEEDS) if BASELINE_SETTINGS and BASELINES else [],
         published="report/published-results.yaml",
         manifest=DATA.format(dataset=DATASET) + "/manifest.json",
@@ -75,7 +76,7 @@ rule report:
     shell:
         "reproml report --templates report/templates --summary {input.summary:q} --manifest {input.manifest:q} --figures results/figures"
         " --benchmarks benchmarks --config-json {params.config:q} --configfiles {params.configfiles:q}"
-        " --runs {input.runs:q} --evals {input.evals:q} --pretrain-runs {input.pretrain_runs:q} --published {input.published:q}"
+        " --runs {input.runs:q} --evals {input.evals:q} --cross-shot {input.cross_shot:q} --pretrain-runs {input.pretrain_runs:q} --published {input.published:q}"
         " --out results/report > {log:q} 2>&1"
 
 

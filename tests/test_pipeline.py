@@ -65,7 +65,8 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_dag_produces_summary_and_report(smoke_run):
     rows = [r for r in summary_rows(smoke_run) if r["image_pool"] != "6" and r["eval_dataset"] == r["dataset"]]
-    methods = ["meta_lstm", "baseline_finetune", "baseline_nearest_neighbor", "pixel_nearest_neighbor"]
+    methods = ["meta_lstm", "baseline_finetune", "baseline_nearest_neighbor", "matching_net", "matching_net_fce",
+               "pixel_nearest_neighbor"]
     assert [(r["setting"], r["method"]) for r in rows] == [(s, m) for s in ("5w1s", "5w2s") for m in methods]
     for row in rows:
         assert row["dataset"] == "demo-smoke" and int(row["episodes"]) == 6
@@ -74,7 +75,9 @@ def test_smoke_dag_produces_summary_and_report(smoke_run):
     assert rows[0]["paper_mean"] == "43.4400" and rows[0]["verdict"] == "not comparable (demo data)"
     assert rows[1]["paper_mean"] == "28.8600" and rows[2]["paper_mean"] == "41.0800"
     meta = list(csv.DictReader(open(smoke_run / "results/eval/demo-smoke/5w1s/seed0/meta_lstm/episodes.csv")))
-    for row, folder in zip(rows[1:4], ("seed0/baseline_finetune", "seed0/baseline_nearest_neighbor",
+    assert rows[3]["paper_mean"] == "43.4000" and rows[4]["paper_mean"] == "43.5600"
+    for row, folder in zip(rows[1:6], ("seed0/baseline_finetune", "seed0/baseline_nearest_neighbor",
+                                       "seed0/matching_net", "seed0/matching_net_fce",
                                        "untrained/pixel_nearest_neighbor")):
         other = list(csv.DictReader(open(smoke_run / f"results/eval/demo-smoke/5w1s/{folder}/episodes.csv")))
         assert [o["episode_sha"] for o in other] == [m["episode_sha"] for m in meta]
@@ -84,7 +87,8 @@ def test_smoke_dag_produces_summary_and_report(smoke_run):
     assert "Demo data." in html and "data:image/png;base64," in html and "5w2s" in html
     for text in ("Pixel nearest-neighbour", "Baseline fine-tune", "Meta-LSTM minus this", "Summary: the claims",
                  "Not judged (demo data)", "gate values for 5w1s", "Chosen lr", "What differs from the paper, and why",
-                 "<td>meta-training</td>", "5w1s: meta-training episodes"):
+                 "<td>meta-training</td>", "5w1s: meta-training episodes", "<td>Matching Networks training</td>",
+                 "Matching Networks and Matching Networks FCE: 5-way 5-shot training episodes, each"):
         assert text in html, text
     tex = (smoke_run / "results" / "report" / "report.tex").read_text()
     assert r"\begin{tabular}" in tex and r"\toprule" in tex and "demo-smoke" in tex
@@ -92,7 +96,9 @@ def test_smoke_dag_produces_summary_and_report(smoke_run):
     per_job = ["prepare_data/demo-smoke", "train_meta_lstm/demo-smoke/5w1s/seed0", "pretrain/demo-smoke/seed0",
                "select_finetune/demo-smoke/5w2s/seed0", "evaluate/demo-smoke/5w1s/seed0/baseline_finetune",
                "evaluate/demo-smoke/5w1s/seed0/baseline_nearest_neighbor", "evaluate/demo-smoke/5w2s/untrained/"
-               "pixel_nearest_neighbor", "evaluate/demo-smoke/5w2s/seed0/meta_lstm", "aggregate", "figures", "report"]
+               "pixel_nearest_neighbor", "evaluate/demo-smoke/5w2s/seed0/meta_lstm",
+               "train_matching_net/demo-smoke/matching_net_fce/seed0", "evaluate/demo-smoke/5w2s/seed0/matching_net",
+               "evaluate_cross_shot/demo-smoke/5w1s/5w2s/seed0/meta_lstm", "aggregate", "figures", "report"]
     for job in per_job:
         assert (smoke_run / "logs" / f"{job}.log").is_file(), job
         assert (smoke_run / "benchmarks" / f"{job}.tsv").is_file(), job
@@ -105,7 +111,7 @@ def test_the_student_analyses_pool_and_transfer_rows(smoke_run):
     assert {(r["method"], r["image_pool"]) for r in pooled} == {("meta_lstm", "6")}  # no baselines for a pool
     reason = "has 5 images; a 2-shot episode with 4 queries needs 6"
     transfer = [r for r in rows if r["eval_dataset"] != r["dataset"]]
-    assert {(r["dataset"], r["eval_dataset"]) for r in transfer} == {("demo-smoke", "gray")} and len(transfer) == 10
+    assert {(r["dataset"], r["eval_dataset"]) for r in transfer} == {("demo-smoke", "gray")} and len(transfer) == 14
     for r in transfer:
         if r["k_shot"] == "1":
             assert int(r["episodes"]) == 6 and r["verdict"] == "transfer (no published figure)"
@@ -344,9 +350,10 @@ def test_the_same_pipeline_runs_on_real_data_by_overriding_the_dataset(tmp_path)
     result = snakemake(cwd, "--configfile", "config/smoke.yaml", "real.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = summary_rows(cwd)
-    assert {r["dataset"] for r in rows} == {"miniimagenet-100"} and len(rows) == 8
-    assert [r["method"] for r in rows[:3]] == ["meta_lstm", "baseline_finetune", "baseline_nearest_neighbor"]
-    assert all(r["verdict"] in ("consistent", "lower", "higher") for r in rows[:3])
+    assert {r["dataset"] for r in rows} == {"miniimagenet-100"} and len(rows) == 12
+    assert [r["method"] for r in rows[:5]] == ["meta_lstm", "baseline_finetune", "baseline_nearest_neighbor",
+                                               "matching_net", "matching_net_fce"]
+    assert all(r["verdict"] in ("consistent", "lower", "higher") for r in rows[:5])
     manifest = json.loads((cwd / "results" / "data" / "miniimagenet-100" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["classes"] == 64 and manifest["image_size"] == 84
 

@@ -62,8 +62,8 @@ def budgets(config, details, pretraining):
         rows.append({"what": "fine-tuning search", "ours": f"{points} (lr, decay) points on {f['val_episodes']} "
                      "validation episodes", "paper": f"{PAPER_FINETUNE_GRID} points on {PAPER_FINETUNE_EPISODES}",
                      "fraction": fraction_text(points * f["val_episodes"], PAPER_FINETUNE_GRID * PAPER_FINETUNE_EPISODES)})
-    matching = config["matching_nets"]
-    if matching["variants"]:
+    matching = config.get("matching_nets", {})
+    if matching.get("variants"):
         names = " and ".join(METHOD_NAMES[v] for v in matching["variants"])
         rows.append({"what": f"{names}: 5-way 5-shot training episodes, each", "ours": f"{matching['iterations']:,}",
                      "paper": f"{PAPER_MATCHING_NET_EPISODES:,}",

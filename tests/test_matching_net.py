@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from conftest import kill_after_first_checkpoint, run_cli
 from reproml.models.matching_net import (MatchingNet, MatchingNetSpec, attention_read, class_scores,
                                          cosine_similarities, run_lstm)
-from reproml.training.matching_train import Trainer, adam_step, first_shots, load_matching_net
+from reproml.methods.matching_net import load_matching_net
+from reproml.training.matching_train import Trainer, adam_step, first_shots
 
 
 def test_the_original_scores_a_class_by_its_summed_raw_cosines():

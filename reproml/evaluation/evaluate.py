@@ -23,12 +23,12 @@ from reproml.errors import UserError
 from reproml.files import read_json
 from reproml.evaluation.gates import GateRecorder
 from reproml.methods.finetune import finetune_classifier
+from reproml.methods.matching_net import classifier as matching_net_classifier, load_matching_net
 from reproml.methods.meta_lstm import load_checkpoint, query_logits
 from reproml.methods.nearest_neighbor import feature_nearest_neighbor, pixel_nearest_neighbor
 from reproml.kernels import build as kernels
 from reproml.models.matching_net import VARIANTS as MATCHING_NETS
 from reproml.models.pretrained import load_pretrained
-from reproml.training import matching_train
 from reproml.settings import N_QUERY, TaskSettings, cross_shot_inner_loop, resolve_device
 from reproml.statistics import summarize
 
@@ -111,13 +111,13 @@ def baseline_method(method, checkpoint, finetune_choice, seed, device, manifest,
 def matching_net_method(method, checkpoint, device, manifest, data, n_way):
     if checkpoint is None:
         raise UserError(f"--method {method} needs --checkpoint (a model.pt from 'reproml train-matching-net')")
-    model, params, bn_stats, ckpt = matching_train.load_matching_net(checkpoint, device)
+    model, params, bn_stats, ckpt = load_matching_net(checkpoint, device)
     if model.spec.variant != method:
         raise UserError(f"{checkpoint}: a {model.spec.variant} model, not --method {method}")
     check_image_size(checkpoint, model.spec.image_size, manifest, data)
     info = {"checkpoint": str(checkpoint), "checkpoint_iteration": ckpt.get("iteration"), "train_seed": ckpt.get("seed"),
             "train_dataset": ckpt.get("dataset"), "keep": ckpt.get("keep"), "deviations": list(model.spec.deviations)}
-    return matching_train.classifier(model, params, bn_stats, n_way), info
+    return matching_net_classifier(model, params, bn_stats, n_way), info
 
 
 def evaluate(data, episodes, seed, out, method="meta_lstm", checkpoint=None, device="auto", split="test",

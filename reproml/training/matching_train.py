@@ -25,15 +25,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from reproml.atomic import load_checked, make_dir, save_torch, write_json
+from reproml.atomic import make_dir, save_torch, write_json
 from reproml.data.episodes import EpisodeSampler
 from reproml.data.prepared import load_split, read_manifest
+from reproml.methods.matching_net import checkpoint, classifier
 from reproml.models.matching_net import ATTENTION_CLIP, MatchingNet, MatchingNetSpec
 from reproml.settings import N_QUERY, PAPER_MATCHING_NET_EPISODES, resolve_device
 from reproml.statistics import summarize
 from reproml.training.run_log import check_schedule, load_last, new_state, record_step, record_validation, write_outputs
 
-CHECKPOINT_FORMAT = "reproml-matching-net/1"
 LR = 1e-4
 TRAIN_WAY, TRAIN_SHOT = 5, 5
 VALIDATION_SHOTS = (1, 5)
@@ -117,29 +117,6 @@ class Trainer:
         self.adam, self.bn_stats = saved["adam"], saved["bn_stats"]
 
 
-def checkpoint(trainer, **info):
-    return {"format": CHECKPOINT_FORMAT, "spec": trainer.model.spec.to_dict(),
-            "params": {k: v.detach().cpu().clone() for k, v in trainer.params.items()},
-            "bn_stats": {path: [(m.cpu().clone(), v.cpu().clone()) for m, v in stats]
-                         for path, stats in trainer.bn_stats.items()}, **info}
-
-
-def load_matching_net(path, device):
-    """(model, params, bn_stats, checkpoint) of a trained Matching Network."""
-    ckpt = load_checked(path, CHECKPOINT_FORMAT, "Matching Network")
-    model = MatchingNet(MatchingNetSpec.from_dict(ckpt["spec"]))
-    params = {k: v.to(device) for k, v in ckpt["params"].items()}
-    bn_stats = {p: [(m.to(device), v.to(device)) for m, v in stats] for p, stats in ckpt["bn_stats"].items()}
-    return model, params, bn_stats, ckpt
-
-
-def classifier(model, params, bn_stats, n_way):
-    """Episodes -> query predictions, in evaluation mode (running statistics, no dropout)."""
-    def classify(episode):
-        return model.scores(params, episode, n_way, bn_stats, False).argmax(1)
-    return classify
-
-
 def validate(trainer, sampler, episodes, progress):
     """{k: summary} of the validation episodes scored at each of VALIDATION_SHOTS."""
     accuracies = {k: [] for k in VALIDATION_SHOTS}
@@ -191,14 +168,14 @@ def train(data, variant, iterations, val_every, val_episodes, seed, out, keep="l
             bar.set_postfix(val_acc=f"{val[TRAIN_SHOT]['acc_mean']:.2f}")
             one_shot = {"val_acc_1shot": val[1]["acc_mean"], "val_ci95_1shot": val[1]["ci95"]}
             if record_validation(state, done, val[TRAIN_SHOT], one_shot):
-                best = checkpoint(trainer, iteration=done, val_acc=val[TRAIN_SHOT]["acc_mean"], seed=seed,
+                best = checkpoint(trainer.model, trainer.params, trainer.bn_stats, iteration=done, val_acc=val[TRAIN_SHOT]["acc_mean"], seed=seed,
                                   dataset=run_config["dataset"])
             save_torch(out / "last.pt", {"run_config": run_config, "trainer": trainer.state_dict(), "state": state,
                                          "best": best})
             write_outputs(out, state, best)
     bar.close()
     write_outputs(out, state, best)
-    kept = best if keep == "best" else checkpoint(trainer, iteration=iterations, val_acc=state["curve"][-1]["val_acc"],
+    kept = best if keep == "best" else checkpoint(trainer.model, trainer.params, trainer.bn_stats, iteration=iterations, val_acc=state["curve"][-1]["val_acc"],
                                                   seed=seed, dataset=run_config["dataset"])
     save_torch(out / "model.pt", {**kept, "keep": keep})
     summary = {**run_config, "setting": f"{TRAIN_WAY}w{TRAIN_SHOT}s", "settings": {"n_way": TRAIN_WAY,

@@ -159,7 +159,7 @@ def report(args):
     from reproml.report.render import render_report
 
     render_report(templates=args.templates, summary_csv=args.summary, manifest_path=args.manifest, figures=args.figures,
-                  benchmarks=args.benchmarks, config=config_argument(args), configfiles=args.configfiles,
+                  benchmarks=args.benchmarks, config=config_argument(args), command=args.command,
                   run_files=args.runs, eval_files=args.evals, cross_shot_files=args.cross_shot,
                   pretrain_files=args.pretrain_runs,
                   published_path=args.published, out=args.out)
@@ -169,7 +169,7 @@ def report(args):
 def publish(args):
     from reproml.report.publish import publish
 
-    publish(args.files, args.figures, config_argument(args), args.configfiles, args.out)
+    publish(args.files, args.figures, config_argument(args), args.command, args.out)
     print(f"wrote {args.out}")
 
 
@@ -206,6 +206,7 @@ EPISODES = ranged("integer", minimum=2)        # a confidence interval needs two
 IMAGE_SIZE = ranged("integer", minimum=16)     # four 2x2 poolings
 POSITIVE = ranged("number", above=0)           # learning rates, the gradient clip
 MOMENTUM = ranged("number", above=0, maximum=1)
+DEFAULT_COMMAND = "snakemake --cores 4"       # the README's, for reports rendered by hand
 
 
 class Parser(argparse.ArgumentParser):
@@ -347,7 +348,7 @@ def parser():
     r.add_argument("--figures", required=True)
     r.add_argument("--benchmarks", required=True)
     r.add_argument("--config-json", required=True)
-    r.add_argument("--configfiles", default="config/config.yaml")
+    r.add_argument("--command", default=DEFAULT_COMMAND, help="the command that remakes this report")
     r.add_argument("--runs", nargs="+", required=True)
     r.add_argument("--evals", nargs="+", required=True)
     r.add_argument("--cross-shot", nargs="*", default=[], help="summary.json files of meta-learners tested at "
@@ -361,7 +362,7 @@ def parser():
     pb.add_argument("files", nargs="+", help="the report's files (HTML, PDF, summary.csv)")
     pb.add_argument("--figures", nargs="*", default=[])
     pb.add_argument("--config-json", required=True)
-    pb.add_argument("--configfiles", default="config/config.yaml")
+    pb.add_argument("--command", default=DEFAULT_COMMAND, help="the command that remakes this report")
     pb.add_argument("--out", required=True)
     pb.set_defaults(run=publish)
 

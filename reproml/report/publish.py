@@ -8,10 +8,9 @@ import yaml
 
 from reproml.atomic import atomic_path, write_text
 from reproml.files import existing
-from reproml.report.render import rerun_command
 
 
-def publish(files, figures, config, configfiles, out):
+def publish(files, figures, config, command, out):
     """Copy `files` into `out` and `figures` into `out`/figures, and write `out`/config.yaml: the
     configuration as the pipeline ran it (every default filled in), with the command that remakes it."""
     for path in (*files, *figures):
@@ -22,5 +21,5 @@ def publish(files, figures, config, configfiles, out):
         with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
     header = (f"# The configuration of this report as the pipeline ran it, every default filled in.\n"
-              f"# Remade by: {rerun_command(configfiles)}\n")
+              f"# Remade by: {command}\n")
     write_text(out / "config.yaml", header + yaml.safe_dump(config, sort_keys=False))

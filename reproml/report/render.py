@@ -146,12 +146,6 @@ def embedded_figures(figures, names):
     return embedded
 
 
-def rerun_command(configfiles):
-    """The command that made this report; several config files go after one --configfile."""
-    files = [f for f in configfiles.split() if f != "config/config.yaml"]
-    return "snakemake --cores 4" + (" --configfile " + " ".join(files) if files else "")
-
-
 def prose(templates, values, formatter):
     """prose.yaml's paragraphs with their {placeholders} filled, formatted by `formatter`."""
     paragraphs = read_yaml(Path(templates) / "prose.yaml", "report prose")
@@ -170,7 +164,7 @@ def environments(templates):
     return html_env, tex_env
 
 
-def render_report(templates, summary_csv, manifest_path, figures, benchmarks, config, configfiles, run_files, eval_files,
+def render_report(templates, summary_csv, manifest_path, figures, benchmarks, config, command, run_files, eval_files,
                   pretrain_files, published_path, out, cross_shot_files=()):
     summary = read_frame(summary_csv, "summary.csv", SUMMARY_COLUMNS)
     manifest = read_manifest(Path(manifest_path).parent)
@@ -200,8 +194,8 @@ def render_report(templates, summary_csv, manifest_path, figures, benchmarks, co
         "pretraining": pretraining, "finetune": finetune, "image_pool": image_pool, "transfer": transfer_table(summary),
         "deviations": [(name, {**DEVIATIONS, **MATCHING_NET_DEVIATIONS}[name]) for name in config.get("deviations", [])],
         "versions": package_versions(), "commit": git_commit(), "devices": devices,
-        "commands": [rerun_command(configfiles), "# one setting again (its training and everything after it):",
-                     rerun_command(configfiles) + " --forcerun results/runs/*/SETTING/*/run.json"],
+        "commands": [command, "# one setting again (its training and everything after it):",
+                     command + " \\\n    --forcerun results/runs/*/SETTING/*/run.json"],
         "long_header": LONG_HEADER, "long_keys": LONG_KEYS, "fmt": fmt,
     }
     values = {"dataset": manifest["name"], "budget_fraction": f"{config.get('budget_fraction', 1):g}"}

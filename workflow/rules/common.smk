@@ -5,6 +5,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+
 from reproml.config import check_config_files, validate_config
 from reproml.errors import UserError
 from reproml.models.matching_net import DEVIATIONS as MATCHING_NET_DEVIATIONS

@@ -14,10 +14,16 @@ def reported_figure(path):
     return reported(path, caption, category)
 
 
-def configfiles():
-    """The config files of this run, relative to the working directory: a report shows the command that
-    remakes it, not this machine's paths."""
-    return " ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles) or "config/config.yaml"
+def rerun_command():
+    """The command that made this run, its config files relative to the working directory (a report
+    shows how to remake it, not this machine's paths) and its --cores as given; a run on an executor
+    profile gives no cores, and its report names the local command of the README."""
+    files = [f for f in map(os.path.relpath, workflow.overwrite_configfiles) if f != "config/config.yaml"]
+    try:
+        cores = workflow.cores
+    except WorkflowError:
+        cores = 4
+    return f"snakemake --cores {cores}" + (" --configfile " + " ".join(files) if files else "")
 
 
 rule aggregate:
@@ -68,14 +74,14 @@ rule report:
         tex="results/report/report.tex",
     params:
         config=json.dumps(config, sort_keys=True),
-        configfiles=configfiles(),
+        command=rerun_command(),
     log:
         "logs/report.log",
     benchmark:
         "benchmarks/report.tsv"
     shell:
         "reproml report --templates report/templates --summary {input.summary:q} --manifest {input.manifest:q} --figures results/figures"
-        " --benchmarks benchmarks --config-json {params.config:q} --configfiles {params.configfiles:q}"
+        " --benchmarks benchmarks --config-json {params.config:q} --command {params.command:q}"
         " --runs {input.runs:q} --evals {input.evals:q} --cross-shot {input.cross_shot:q} --pretrain-runs {input.pretrain_runs:q} --published {input.published:q}"
         " --out results/report > {log:q} 2>&1"
 
@@ -111,10 +117,10 @@ if "publish" in config:
             + [f"{config['publish']}/figures/{Path(path).name}" for path in FIGURES],
         params:
             config=json.dumps(config, sort_keys=True),
-            configfiles=configfiles(),
+            command=rerun_command(),
             out=config["publish"],
         log:
             "logs/publish_report.log",
         shell:
             "reproml publish {input.html:q} {input.pdf:q} {input.summary:q} --figures {input.figures:q}"
-            " --config-json {params.config:q} --configfiles {params.configfiles:q} --out {params.out:q} > {log:q} 2>&1"
+            " --config-json {params.config:q} --command {params.command:q} --out {params.out:q} > {log:q} 2>&1"

@@ -307,6 +307,8 @@ def test_a_killed_training_job_resumes_to_the_uninterrupted_results_and_a_second
 
     trainers = processes_in(cwd, "train", "5w1s")
     assert trainers, "the training job finished before it could be killed"
+    for pid in trainers:
+        os.kill(pid, signal.SIGSTOP)  # so that the first pipeline cannot finish while the second starts
     second = snakemake(cwd, *ONE_CHAIN)
     assert second.returncode != 0
     assert "Directory cannot be locked" in second.stderr and "Traceback" not in second.stderr

@@ -159,7 +159,7 @@ def report(args):
     from reproml.report.render import render_report
 
     render_report(templates=args.templates, summary_csv=args.summary, manifest_path=args.manifest, figures=args.figures,
-                  benchmarks=args.benchmarks, config=config_argument(args), command=args.command,
+                  benchmarks=args.benchmarks, config=config_argument(args), command=args.rerun_command,
                   run_files=args.runs, eval_files=args.evals, cross_shot_files=args.cross_shot,
                   pretrain_files=args.pretrain_runs,
                   published_path=args.published, out=args.out)
@@ -169,7 +169,7 @@ def report(args):
 def publish(args):
     from reproml.report.publish import publish
 
-    publish(args.files, args.figures, config_argument(args), args.command, args.out)
+    publish(args.files, args.figures, config_argument(args), args.rerun_command, args.out)
     print(f"wrote {args.out}")
 
 
@@ -348,7 +348,7 @@ def parser():
     r.add_argument("--figures", required=True)
     r.add_argument("--benchmarks", required=True)
     r.add_argument("--config-json", required=True)
-    r.add_argument("--command", default=DEFAULT_COMMAND, help="the command that remakes this report")
+    r.add_argument("--command", dest="rerun_command", default=DEFAULT_COMMAND, help="the command that remakes this report")
     r.add_argument("--runs", nargs="+", required=True)
     r.add_argument("--evals", nargs="+", required=True)
     r.add_argument("--cross-shot", nargs="*", default=[], help="summary.json files of meta-learners tested at "
@@ -362,7 +362,7 @@ def parser():
     pb.add_argument("files", nargs="+", help="the report's files (HTML, PDF, summary.csv)")
     pb.add_argument("--figures", nargs="*", default=[])
     pb.add_argument("--config-json", required=True)
-    pb.add_argument("--command", default=DEFAULT_COMMAND, help="the command that remakes this report")
+    pb.add_argument("--command", dest="rerun_command", default=DEFAULT_COMMAND, help="the command that remakes this report")
     pb.add_argument("--out", required=True)
     pb.set_defaults(run=publish)
 

@@ -22,7 +22,7 @@ from reproml.models.matching_net import DEVIATIONS as MATCHING_NET_DEVIATIONS, V
 from reproml.training.matching_train import KEEP as MATCHING_NET_KEEP
 from reproml.settings import (DEVIATIONS, FILTERS, GRAD_CLIP, META_LR, N_QUERY, PAPER_MATCHING_NET_EPISODES,
                               PAPER_PRETRAIN_STEPS, PAPER_TEST_EPISODES, PAPER_VALIDATION, PRETRAIN_BATCH,
-                              paper_iterations)
+                              README_COMMAND, paper_iterations)
 
 
 def describe(args):
@@ -206,7 +206,6 @@ EPISODES = ranged("integer", minimum=2)        # a confidence interval needs two
 IMAGE_SIZE = ranged("integer", minimum=16)     # four 2x2 poolings
 POSITIVE = ranged("number", above=0)           # learning rates, the gradient clip
 MOMENTUM = ranged("number", above=0, maximum=1)
-DEFAULT_COMMAND = "snakemake --cores 4"       # the README's, for reports rendered by hand
 
 
 class Parser(argparse.ArgumentParser):
@@ -348,7 +347,7 @@ def parser():
     r.add_argument("--figures", required=True)
     r.add_argument("--benchmarks", required=True)
     r.add_argument("--config-json", required=True)
-    r.add_argument("--command", dest="rerun_command", default=DEFAULT_COMMAND, help="the command that remakes this report")
+    r.add_argument("--command", dest="rerun_command", default=README_COMMAND, help="the command that remakes this report")
     r.add_argument("--runs", nargs="+", required=True)
     r.add_argument("--evals", nargs="+", required=True)
     r.add_argument("--cross-shot", nargs="*", default=[], help="summary.json files of meta-learners tested at "
@@ -362,7 +361,7 @@ def parser():
     pb.add_argument("files", nargs="+", help="the report's files (HTML, PDF, summary.csv)")
     pb.add_argument("--figures", nargs="*", default=[])
     pb.add_argument("--config-json", required=True)
-    pb.add_argument("--command", dest="rerun_command", default=DEFAULT_COMMAND, help="the command that remakes this report")
+    pb.add_argument("--command", dest="rerun_command", default=README_COMMAND, help="the command that remakes this report")
     pb.add_argument("--out", required=True)
     pb.set_defaults(run=publish)
 

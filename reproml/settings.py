@@ -24,6 +24,7 @@ DEVIATIONS = {
 # paper's ratio between them.
 PAPER_PRETRAIN_STEPS = 30000
 PAPER_MATCHING_NET_EPISODES = 75000  # each Matching Networks variant, 5-way 5-shot episodes
+README_COMMAND = "snakemake --cores 4"  # the pipeline's command as the README gives it
 PAPER_TEST_EPISODES = 600
 PAPER_VALIDATION = {"every": 1000, "episodes": 100}
 # The original's other defaults, each defined here once (the CLI reads them; the config schema's

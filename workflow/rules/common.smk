@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 from reproml.config import check_config_files, validate_config
 from reproml.errors import UserError
 from reproml.models.matching_net import DEVIATIONS as MATCHING_NET_DEVIATIONS
-from reproml.settings import DEVIATIONS as META_LSTM_DEVIATIONS
+from reproml.settings import DEVIATIONS as META_LSTM_DEVIATIONS, README_COMMAND
 
 try:
     check_config_files(workflow.overwrite_configfiles or [Path(workflow.basedir) / "config" / "config.yaml"])

@@ -20,10 +20,10 @@ def rerun_command():
     profile gives no cores, and its report names the local command of the README."""
     files = [f for f in map(os.path.relpath, workflow.overwrite_configfiles) if f != "config/config.yaml"]
     try:
-        cores = workflow.cores
+        command = f"snakemake --cores {workflow.cores}"
     except WorkflowError:
-        cores = 4
-    return f"snakemake --cores {cores}" + (" --configfile " + " ".join(files) if files else "")
+        command = README_COMMAND
+    return command + (" --configfile " + " ".join(files) if files else "")
 
 
 rule aggregate:

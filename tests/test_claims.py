@@ -8,6 +8,7 @@ import pytest
 
 from reproml.report.aggregate import published_lookup
 from reproml.report.claims import assess_claims, by_name
+from reproml.report.study import method_fractions
 
 PAPER, COMP6248 = published_lookup(Path(__file__).resolve().parents[1] / "report" / "published-results.yaml")
 
@@ -18,8 +19,8 @@ def row(n_way, k_shot, method, mean=0.0, ci95=0.0, diff=math.nan, diff_ci95=math
             "meta_lstm_minus_this_ci95": diff_ci95}
 
 
-def judged(rows, fractions=None, image_pool=(), demo=False):
-    return by_name(assess_claims(rows, PAPER, COMP6248, demo, fractions or {}, image_pool))
+def judged(rows, fractions=None, image_pool=(), demo=False, method_fractions=None):
+    return by_name(assess_claims(rows, PAPER, COMP6248, demo, fractions or {}, image_pool, method_fractions))
 
 
 # Against the published Matching Networks 43.40 ± 0.78 with our CI 0.80 the 95% margin is
@@ -47,6 +48,44 @@ def test_one_shot_against_our_own_matching_networks_is_paired(diff, status):
     assert c["numbers"] == f"meta-learner minus Matching Networks {diff:+.2f} ± 1.00 (paired) at the paper's budget"
     assert judged(rows, {"5w1s": 0.06})["one_shot_vs_matching_nets"]["status"] == (
         "inconclusive" if status == "contradicted" else status)  # behind at 6% of the budget: not a contradiction
+
+
+def test_a_win_over_matching_networks_trained_on_a_smaller_share_is_inconclusive():
+    # The meta-learner at 4% of its budget against both Matching Networks at 0.667% of theirs: ahead of
+    # both, but the shares may explain it; behind one, inconclusive for the budget as before.
+    rows = [row(5, 5, "meta_lstm", 46.0, 0.5), row(5, 5, "matching_net", 41.0, 0.6, diff=5.12, diff_ci95=0.47),
+            row(5, 5, "matching_net_fce", 36.0, 0.7, diff=9.82, diff_ci95=0.56)]
+    shares = {"matching_net": 500 / 75000, "matching_net_fce": 500 / 75000}
+    c = judged(rows, {"5w5s": 0.04}, method_fractions=shares)["five_shot_vs_matching_nets"]
+    assert c["status"] == "inconclusive"
+    assert c["reason"] == ("Matching Networks and Matching Networks FCE trained on a smaller share of their budget "
+                           "than the meta-learner")
+    assert c["numbers"] == ("meta-learner minus Matching Networks +5.12 ± 0.47 (paired); meta-learner minus Matching "
+                            "Networks FCE +9.82 ± 0.56 (paired) at 4% of the paper's budget, Matching Networks at "
+                            "0.667% of theirs, Matching Networks FCE at 0.667% of theirs")
+    # the same shares as the meta-learner's (one factor for every budget): the win stands
+    same = judged(rows, {"5w5s": 0.04}, method_fractions=dict.fromkeys(shares, 3000 / 75000))
+    assert same["five_shot_vs_matching_nets"]["status"] == "supported"
+    assert same["five_shot_vs_matching_nets"]["reason"] == ""
+    # a larger share than the meta-learner's: a win despite it
+    more = judged(rows, {"5w5s": 0.04}, method_fractions=dict.fromkeys(shares, 0.1))
+    assert more["five_shot_vs_matching_nets"]["status"] == "supported"
+    behind = [rows[0], {**rows[1], "meta_lstm_minus_this": -3.0}]
+    c = judged(behind, {"5w5s": 0.04}, method_fractions=shares)["five_shot_vs_matching_nets"]
+    assert c["status"] == "inconclusive" and c["reason"] == ""
+
+
+def test_a_win_over_baselines_pretrained_on_a_smaller_share_is_inconclusive():
+    rows = [row(5, 5, "meta_lstm", 58.0, 0.7), row(5, 5, "baseline_nearest_neighbor", diff=5.0, diff_ci95=1.0),
+            row(5, 5, "baseline_finetune", diff=3.0, diff_ci95=1.0)]
+    shares = dict.fromkeys(("baseline_nearest_neighbor", "baseline_finetune"), 0.01)
+    c = judged(rows, {"5w5s": 0.04}, method_fractions=shares)["five_shot_vs_baselines"]
+    assert c["status"] == "inconclusive"
+    assert c["reason"].startswith("Baseline nearest-neighbour and Baseline fine-tune trained on a smaller share")
+    assert c["numbers"].endswith("(paired, 600 test episodes, at 4% of the paper's budget, Baseline "
+                                 "nearest-neighbour at 1% of theirs, Baseline fine-tune at 1% of theirs)")
+    equal = dict.fromkeys(shares, 1200 / 30000)
+    assert judged(rows, {"5w5s": 0.04}, method_fractions=equal)["five_shot_vs_baselines"]["status"] == "supported"
 
 
 @pytest.mark.parametrize("diffs, status", [
@@ -114,3 +153,12 @@ def test_nothing_is_judged_on_demo_data_but_the_numbers_are_shown():
     assert claims["five_shots_below_one"]["reason"] == "demo data"
     assert claims["five_shots_below_one"]["numbers"] == "ours 5-shot 60.00 ± 1.00 against 1-shot 45.00 ± 1.00"
     assert claims["ten_way_more_shots"]["reason"].startswith("this run lacks")
+
+
+def test_each_methods_share_of_its_budget_comes_from_the_config_and_the_pretraining_runs():
+    config = {"matching_nets": {"variants": ["matching_net", "matching_net_fce"], "iterations": 500}}
+    pretraining = [{"seed": 0, "steps": 1200}, {"seed": 1, "steps": 900}]
+    assert method_fractions(config, pretraining) == {
+        "baseline_nearest_neighbor": 0.03, "baseline_finetune": 0.03,
+        "matching_net": 500 / 75000, "matching_net_fce": 500 / 75000}
+    assert method_fractions({"matching_nets": {"variants": []}}, []) == {}

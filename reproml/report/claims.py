@@ -6,7 +6,8 @@ setting or method this run does not have). How each kind of evidence is read:
 - against our own runs on the same test episodes (the meta-learner against a baseline): the paired
   difference, significant when its 95% interval excludes 0; the meta-learner behind at a fraction of
   the paper's budget is inconclusive (every method's budget is cut alike, but they need not converge
-  alike), and only at the paper's budget a contradiction;
+  alike), and only at the paper's budget a contradiction; the meta-learner ahead of a method trained
+  on a smaller share of its own budget is inconclusive too, since the shares may explain the win;
 - between two of our settings (5-shot against 1-shot): the two means' 95% test
   (statistics.compare_to_published, the same test as against a published figure);
 - against a published figure (Matching Networks, which this run may not have): the same 95% test;
@@ -83,28 +84,48 @@ def against_published(ours, ref, fraction, want):
     return INCONCLUSIVE
 
 
-def paired_status(outcomes, fraction, competitive=False):
-    """A claim's status from the meta-learner's paired outcomes against each method: supported where it
-    is better than all (or, for `competitive`, worse than none); where it is worse than one, contradicted
-    at the paper's budget and inconclusive below it."""
+def less_trained(methods, fraction, method_fractions):
+    """The methods of `methods` trained on a smaller share of their paper's budget than the
+    meta-learner's `fraction` (rounded, so that one factor applied to different budgets counts as equal)."""
+    return [m for m in methods if round(method_fractions.get(m, fraction), 4) < round(fraction, 4)]
+
+
+def paired_status(outcomes, fraction, methods, method_fractions, competitive=False):
+    """(status, reason) of a claim from the meta-learner's paired outcomes against `methods`: supported
+    where it is better than all (or, for `competitive`, worse than none); where it is worse than one,
+    contradicted at the paper's budget and inconclusive below it; inconclusive rather than supported
+    where one of them had a smaller share of its budget than the meta-learner."""
     if "worse" in outcomes:
-        return CONTRADICTED if fraction >= 1 else INCONCLUSIVE
-    return SUPPORTED if competitive or set(outcomes) == {"better"} else INCONCLUSIVE
+        return CONTRADICTED if fraction >= 1 else INCONCLUSIVE, ""
+    fewer = less_trained(methods, fraction, method_fractions)
+    if fewer:
+        return INCONCLUSIVE, (f"{' and '.join(METHOD_NAMES[m] for m in fewer)} trained on a smaller share of "
+                              "their budget than the meta-learner")
+    return SUPPORTED if competitive or set(outcomes) == {"better"} else INCONCLUSIVE, ""
 
 
-def against_our_matching_nets(rows, k_shot, fraction, competitive):
-    """(status, numbers) of the meta-learner against the Matching Networks of this run on the same
-    episodes, or None where this run has none."""
+def budgets_text(fraction, methods, method_fractions):
+    """'at F' of the meta-learner's budget, then the share of each method trained on less."""
+    return f" at {budget_text(fraction)}" + "".join(
+        f", {METHOD_NAMES[m]} at {100 * method_fractions[m]:.3g}% of theirs"
+        for m in less_trained(methods, fraction, method_fractions))
+
+
+def against_our_matching_nets(rows, k_shot, fraction, method_fractions, competitive):
+    """(status, numbers, reason) of the meta-learner against the Matching Networks of this run on the
+    same episodes, or None where this run has none."""
     ran = [(m, find_row(rows, 5, k_shot, m)) for m in MATCHING_NETS if paired_text(find_row(rows, 5, k_shot, m))]
     if not ran:
         return None
+    methods = [m for m, _ in ran]
     outcomes = [paired_outcome(r["meta_lstm_minus_this"], r["meta_lstm_minus_this_ci95"]) for _, r in ran]
-    return (paired_status(outcomes, fraction, competitive),
-            "; ".join(f"meta-learner minus {METHOD_NAMES[m]} {paired_text(r)} (paired)" for m, r in ran)
-            + f" at {budget_text(fraction)}")
+    status, reason = paired_status(outcomes, fraction, methods, method_fractions, competitive)
+    numbers = ("; ".join(f"meta-learner minus {METHOD_NAMES[m]} {paired_text(r)} (paired)" for m, r in ran)
+               + budgets_text(fraction, methods, method_fractions))
+    return status, numbers, reason
 
 
-def against_matching_nets(rows, paper, fractions, k_shot, text, competitive):
+def against_matching_nets(rows, paper, fractions, method_fractions, k_shot, text, competitive):
     """The meta-learner against Matching Networks in 5-way `k_shot`: paired where this run has them,
     else against the published figures (`competitive`: at least as good as Matching Networks; otherwise
     better than both variants)."""
@@ -112,7 +133,7 @@ def against_matching_nets(rows, paper, fractions, k_shot, text, competitive):
     if ours is None:
         return claim("Paper", text, NOT_JUDGED, "", f"no 5-way {k_shot}-shot meta-learner in this run")
     setting, fraction = f"5w{k_shot}s", fractions.get(ours["setting"], 1.0)
-    ours_against_ours = against_our_matching_nets(rows, k_shot, fraction, competitive)
+    ours_against_ours = against_our_matching_nets(rows, k_shot, fraction, method_fractions, competitive)
     if ours_against_ours:
         return claim("Paper", text, *ours_against_ours)
     references = ["matching_net"] if competitive else list(MATCHING_NETS)
@@ -124,13 +145,13 @@ def against_matching_nets(rows, paper, fractions, k_shot, text, competitive):
     return claim("Paper", text, status, numbers)
 
 
-def one_shot_vs_matching_nets(rows, paper, fractions):
+def one_shot_vs_matching_nets(rows, paper, fractions, method_fractions):
     text = (f"5-way 1-shot: the meta-learner LSTM is competitive with Matching Networks "
             f"({published(paper, 'meta_lstm', '5w1s')} against {published(paper, 'matching_net', '5w1s')})")
-    return against_matching_nets(rows, paper, fractions, 1, text, competitive=True)
+    return against_matching_nets(rows, paper, fractions, method_fractions, 1, text, competitive=True)
 
 
-def five_shot_vs_baselines(rows, paper, fractions):
+def five_shot_vs_baselines(rows, paper, fractions, method_fractions):
     text = (f"5-way 5-shot: the meta-learner LSTM is better than every baseline (paper: "
             f"{published(paper, 'meta_lstm', '5w5s')} against {published(paper, 'baseline_nearest_neighbor', '5w5s')} "
             f"for nearest-neighbour and {published(paper, 'baseline_finetune', '5w5s')} for fine-tuning)")
@@ -145,14 +166,15 @@ def five_shot_vs_baselines(rows, paper, fractions):
     outcomes = [paired_outcome(r["meta_lstm_minus_this"], r["meta_lstm_minus_this_ci95"]) for r in compared.values()]
     numbers = "; ".join(f"meta-learner minus {METHOD_NAMES[m]} {paired_text(r)} ({outcome})"
                         for (m, r), outcome in zip(compared.items(), outcomes))
-    return claim("Paper", text, paired_status(outcomes, fraction),
-                 numbers + f" (paired, {compared[BASELINES[0]]['episodes']} test episodes, at {budget_text(fraction)})")
+    status, reason = paired_status(outcomes, fraction, BASELINES, method_fractions)
+    return claim("Paper", text, status, numbers + f" (paired, {compared[BASELINES[0]]['episodes']} test episodes,"
+                 + budgets_text(fraction, BASELINES, method_fractions) + ")", reason)
 
 
-def five_shot_vs_matching_nets(rows, paper, fractions):
+def five_shot_vs_matching_nets(rows, paper, fractions, method_fractions):
     text = (f"5-way 5-shot: the meta-learner LSTM outperforms Matching Networks ({published(paper, 'meta_lstm', '5w5s')} "
             f"against {published(paper, 'matching_net', '5w5s')}, FCE {published(paper, 'matching_net_fce', '5w5s')})")
-    return against_matching_nets(rows, paper, fractions, 5, text, competitive=False)
+    return against_matching_nets(rows, paper, fractions, method_fractions, 5, text, competitive=False)
 
 
 def image_pool_explanation(image_pool):
@@ -189,15 +211,17 @@ CLAIMS = ("one_shot_vs_matching_nets", "five_shot_vs_baselines", "five_shot_vs_m
           "five_shots_below_one", "ten_way_more_shots")
 
 
-def assess_claims(rows, paper, comp6248, demo, fractions=None, image_pool=()):
+def assess_claims(rows, paper, comp6248, demo, fractions=None, image_pool=(), method_fractions=None):
     """Every claim with its status and numbers. `rows` are summary.csv's in-domain records,
     `fractions` the meta-learner's training budget per setting as a fraction of the paper's,
-    `image_pool` the image-pool ablation (analyses.image_pool_ablation)."""
-    fractions = fractions or {}
+    `method_fractions` the same for each other trained method (a method missing there counts as
+    trained on the meta-learner's share), `image_pool` the image-pool ablation
+    (analyses.image_pool_ablation)."""
+    fractions, method_fractions = fractions or {}, method_fractions or {}
     claims = [
-        one_shot_vs_matching_nets(rows, paper, fractions),
-        five_shot_vs_baselines(rows, paper, fractions),
-        five_shot_vs_matching_nets(rows, paper, fractions),
+        one_shot_vs_matching_nets(rows, paper, fractions, method_fractions),
+        five_shot_vs_baselines(rows, paper, fractions, method_fractions),
+        five_shot_vs_matching_nets(rows, paper, fractions, method_fractions),
         image_pool_explanation(list(image_pool)),
         more_shots(rows, comp6248, 5, 1, 5, "5-way 5-shot scores below 5-way 1-shot (its {more} against {fewer})",
                    if_equal=INCONCLUSIVE),

@@ -24,7 +24,7 @@ from reproml.report.aggregate import COLUMNS as SUMMARY_COLUMNS
 from reproml.report.aggregate import fmt, in_domain, mean_ci, published_lookup, read_summary
 from reproml.report.analyses import image_pool_ablation, transfer_table
 from reproml.report.claims import assess_claims
-from reproml.report.study import budgets, compute, differences, meta_fractions, scope
+from reproml.report.study import budgets, compute, differences, meta_fractions, method_fractions, scope
 from reproml.report.tables import LONG_HEADER, LONG_KEYS, cross_shot_table, long_table, long_table_csv, table_one
 from reproml.models.matching_net import DEVIATIONS as MATCHING_NET_DEVIATIONS
 from reproml.settings import DEVIATIONS, TaskSettings
@@ -182,7 +182,8 @@ def render_report(templates, summary_csv, manifest_path, figures, benchmarks, co
     context = {
         "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "demo": demo, "manifest": manifest, "config": config, "details": details,
-        "claims": assess_claims(home.to_dict("records"), paper, comp6248, demo, meta_fractions(details), image_pool),
+        "claims": assess_claims(home.to_dict("records"), paper, comp6248, demo, meta_fractions(details), image_pool,
+                                method_fractions(config, pretraining)),
         "scope": scope(config, home, details), "budgets": budgets(config, details, pretraining),
         "compute": compute_rows, "gpu_hours": any(r["gpu_h"] is not None for r in compute_rows),
         "differences": differences(config, manifest, details, pretraining, home),

@@ -8,7 +8,7 @@ from pathlib import Path
 from reproml.errors import UserError
 from reproml.files import read_csv
 from reproml.methods.finetune import GRID_DECAYS, GRID_EPISODES, GRID_LRS
-from reproml.report.claims import METHOD_NAMES
+from reproml.report.claims import BASELINES, METHOD_NAMES
 from reproml.report.tables import PAPER_ORDER
 from reproml.settings import (PAPER_MATCHING_NET_EPISODES, PAPER_PRETRAIN_STEPS, PAPER_TEST_EPISODES,
                               PAPER_VALIDATION, paper_iterations, shot_defaults)
@@ -37,6 +37,18 @@ def original_inner_steps(settings):
 def meta_fractions(details):
     """Per setting: its meta-training episodes as a fraction of the paper's."""
     return {name: d["iterations"] / paper_iterations(d["settings"].k_shot) for name, d in details.items()}
+
+
+def method_fractions(config, pretraining):
+    """Per trained method other than the meta-learner: its training budget as a fraction of the paper's
+    (the baselines' pre-training steps, the smallest over seeds; each Matching Network's episodes)."""
+    fractions = {}
+    if pretraining:
+        fractions.update(dict.fromkeys(BASELINES, min(p["steps"] for p in pretraining) / PAPER_PRETRAIN_STEPS))
+    matching = config.get("matching_nets", {})
+    for variant in matching.get("variants", []):
+        fractions[variant] = matching["iterations"] / PAPER_MATCHING_NET_EPISODES
+    return fractions
 
 
 def budgets(config, details, pretraining):

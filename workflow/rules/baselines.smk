@@ -23,11 +23,12 @@ rule pretrain:
         curve=f"{PRETRAIN}/curve.csv",
         run=f"{PRETRAIN}/run.json",
     params:
+        threads=torch_threads,
         args=pretrain_args,
         data=DATA,
         out=PRETRAIN,
         device=config["device"],
-    threads: config["threads"]
+    threads: JOB_CORES
     resources:
         gpu=GPU,
     log:
@@ -36,7 +37,7 @@ rule pretrain:
         "benchmarks/pretrain/{dataset}/seed{seed}.tsv"
     shell:
         "reproml pretrain --data {params.data:q} {params.args} --seed {wildcards.seed:q} --device {params.device:q}"
-        " --threads {threads} --out {params.out:q} > {log:q} 2>&1"
+        " --threads {params.threads} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule select_finetune:
@@ -47,13 +48,14 @@ rule select_finetune:
         grid=f"{FINETUNE_GRID}/grid.csv",
         choice=f"{FINETUNE_GRID}/choice.json",
     params:
+        threads=torch_threads,
         episode=episode_args,
         grid=finetune_grid_args,
         data=DATA,
         out=FINETUNE_GRID,
         seed=config["eval_seed"],
         device=config["device"],
-    threads: config["threads"]
+    threads: JOB_CORES
     resources:
         gpu=GPU,
     log:
@@ -62,4 +64,4 @@ rule select_finetune:
         "benchmarks/select_finetune/{dataset}/{setting}/seed{seed}.tsv"
     shell:
         "reproml select-finetune --data {params.data:q} --checkpoint {input.pretrained:q} {params.episode} {params.grid}"
-        " --seed {params.seed} --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
+        " --seed {params.seed} --device {params.device:q} --threads {params.threads} --out {params.out:q} > {log:q} 2>&1"

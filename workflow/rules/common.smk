@@ -66,6 +66,21 @@ def uses_gpu():
 
 GPU = 1 if uses_gpu() else 0
 
+# The cores a job holds in Snakemake's count, and the threads it runs on. Given more `--cores` than
+# this machine has, Snakemake would run more jobs at once than there are cores, and jobs that share a
+# core train slower in sum than jobs that take turns (on 2 cores, four one-thread jobs at once train
+# 11% fewer episodes a second than two); so there each job holds that many times its threads. Jobs
+# sent to a cluster hold just their threads.
+try:
+    EXCESS = max(1, workflow.cores // (os.cpu_count() or 1)) if workflow.local_exec else 1
+except WorkflowError:  # no --cores: a dry run or a report
+    EXCESS = 1
+JOB_CORES = config["threads"] * EXCESS
+
+
+def torch_threads(wildcards, threads):
+    return max(1, threads // EXCESS)  # Snakemake lowers `threads` to --cores where that is fewer
+
 
 def all_runs(name):
     return expand(f"{RUN}/{name}", dataset=DATASET, setting=SETTINGS, seed=SEEDS)

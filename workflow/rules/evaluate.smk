@@ -47,12 +47,13 @@ rule evaluate:
     wildcard_constraints:
         method="|".join(BASELINES + MATCHING_NETS) or "(?!)",
     params:
+        threads=torch_threads,
         args=evaluation_args,
         out=lambda wildcards, output: os.path.dirname(output.summary),
         episodes=config["test_episodes"],
         seed=config["eval_seed"],
         device=config["device"],
-    threads: config["threads"]
+    threads: JOB_CORES
     resources:
         gpu=GPU,
     log:
@@ -61,7 +62,7 @@ rule evaluate:
         "benchmarks/evaluate/{dataset}/{setting}/seed{seed}/{method}.tsv"
     shell:
         "reproml evaluate {params.args} --episodes {params.episodes} --seed {params.seed} --device {params.device:q}"
-        " --threads {threads} --out {params.out:q} > {log:q} 2>&1"
+        " --threads {params.threads} --out {params.out:q} > {log:q} 2>&1"
 
 
 use rule evaluate as evaluate_meta_lstm with:

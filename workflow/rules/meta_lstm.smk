@@ -20,11 +20,12 @@ rule train_meta_lstm:
         curve=f"{RUN}/curve.csv",
         run=f"{RUN}/run.json",
     params:
+        threads=torch_threads,
         args=train_args,
         data=DATA,
         out=RUN,
         device=config["device"],
-    threads: config["threads"]
+    threads: JOB_CORES
     resources:
         gpu=GPU,
     log:
@@ -33,4 +34,4 @@ rule train_meta_lstm:
         "benchmarks/train_meta_lstm/{dataset}/{setting}/seed{seed}.tsv"
     shell:
         "reproml train --data {params.data:q} {params.args} --seed {wildcards.seed:q} --label {wildcards.setting:q}"
-        " --device {params.device:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
+        " --device {params.device:q} --threads {params.threads} --out {params.out:q} > {log:q} 2>&1"

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -259,6 +260,18 @@ def start_until_first_checkpoint(cwd):
         time.sleep(0.02)
     assert last.exists(), "training never wrote a checkpoint"
     return process, last
+
+
+def test_more_cores_than_the_machine_has_run_no_more_jobs_at_once_than_it_has(tmp_path):
+    cwd = workdir(tmp_path)
+    cpus = os.cpu_count()
+    for cores, held in ((cpus, "1"), (2 * cpus, "2")):
+        result = snakemake(cwd, "--configfile", "config/smoke.yaml", "--cores", str(cores), "-n", "-p")
+        assert result.returncode == 0, result.stderr[-3000:]
+        torch_jobs = [job for job in (result.stdout + result.stderr).split("rule ")[1:] if "--threads" in job]
+        assert torch_jobs and all("--threads 1 " in job for job in torch_jobs)
+        held_by_job = [re.findall(r"threads: (\d+)", job) or ["1"] for job in torch_jobs]
+        assert held_by_job == [[held]] * len(torch_jobs)
 
 
 def test_interrupted_training_resumes_without_redoing_finished_jobs(tmp_path):

@@ -61,7 +61,8 @@ def train(args):
                             grad_clip=args.grad_clip, deviations=tuple(args.deviation))
     summary = train(data=args.data, settings=settings, iterations=args.iterations or paper_iterations(args.k_shot),
                     val_every=args.val_every, val_episodes=args.val_episodes, seed=args.seed, out=args.out,
-                    device=args.device, label=args.label, image_pool=args.image_pool, progress=not args.quiet)
+                    device=args.device, label=args.label, image_pool=args.image_pool, progress=not args.quiet,
+                    replace=args.replace)
     print(f"best validation accuracy {summary['best_val_acc']:.2f}% at iteration {summary['best_iteration']}; "
           f"checkpoint {args.out}/best.pt")
 
@@ -71,7 +72,7 @@ def pretrain(args):
 
     summary = pretrain(data=args.data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        val_every=args.val_every, val_episodes=args.val_episodes, seed=args.seed, out=args.out,
-                       device=args.device, progress=not args.quiet)
+                       device=args.device, progress=not args.quiet, replace=args.replace)
     print(f"best validation 1-NN accuracy {summary['best_val_acc']:.2f}% at step {summary['best_step']}; "
           f"network {args.out}/best.pt")
 
@@ -81,7 +82,8 @@ def train_matching_net(args):
 
     summary = train(data=args.data, variant=args.variant, iterations=args.iterations, val_every=args.val_every,
                     val_episodes=args.val_episodes, seed=args.seed, out=args.out, keep=args.keep,
-                    deviations=tuple(args.deviation), device=args.device, progress=not args.quiet)
+                    deviations=tuple(args.deviation), device=args.device, progress=not args.quiet,
+                    replace=args.replace)
     print(f"{args.variant}: best 5-shot validation accuracy {summary['best_val_acc']:.2f}% at iteration "
           f"{summary['best_iteration']}; kept the {args.keep} ({summary['kept_iteration']}): {args.out}/model.pt")
 
@@ -223,6 +225,14 @@ def add_run_options(p):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_training_options(p):
+    add_run_options(p)
+    p.add_argument("--replace", action="store_true",
+                   help="train afresh where --out holds a run that cannot be resumed or extended to this one (other "
+                   "settings, more iterations than this run asks for) or a finished run of this length (a rerun); without it "
+                   "such a folder is refused")
+
+
 def parser():
     p = Parser(prog="reproml", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"reproml {importlib.metadata.version('reproml')}")
@@ -265,7 +275,7 @@ def parser():
     t.add_argument("--image-pool", type=image_pool, help="draw every episode from a fixed pool of this many images "
                    "per class (as the public loaders did); default: all images (as the original code)")
     t.add_argument("--label", help="the setting's name in results (default: e.g. 5w1s)")
-    add_run_options(t)
+    add_training_options(t)
     t.set_defaults(run=train)
 
     pt = sub.add_parser("pretrain", help="pre-train the baselines' 64-filter network as a classifier (resumes)")
@@ -276,7 +286,7 @@ def parser():
     pt.add_argument("--val-every", type=COUNT, default=PAPER_VALIDATION["every"])
     pt.add_argument("--val-episodes", type=EPISODES, default=PAPER_VALIDATION["episodes"],
                     help="5-way 1-shot validation episodes (cosine 1-NN)")
-    add_run_options(pt)
+    add_training_options(pt)
     pt.set_defaults(run=pretrain)
 
     mn = sub.add_parser("train-matching-net", help="train Matching Networks (or FCE) on 5-way 5-shot episodes "
@@ -291,7 +301,7 @@ def parser():
                     help="the model tested: the last (as the original) or the best 5-shot validation")
     mn.add_argument("--deviation", action="append", default=[], choices=sorted(MATCHING_NET_DEVIATIONS),
                     help="turn on a named deviation from the original code (repeatable)")
-    add_run_options(mn)
+    add_training_options(mn)
     mn.set_defaults(run=train_matching_net)
 
     sf = sub.add_parser("select-finetune", help="choose baseline-finetune's (lr, decay) on validation episodes")

@@ -154,7 +154,54 @@ def test_rerunning_a_finished_run_does_nothing_and_other_settings_are_refused(tm
     assert after["iteration"] == before["iteration"] and (tmp_path / "run" / "curve.csv").read_text() == curve
     assert all(torch.equal(before["meta_learner"][k], after["meta_learner"][k]) for k in before["meta_learner"])
     status, _, err = train(capsys, prepared, tmp_path / "run", "--lr", "0.01", iterations=2)
-    assert status == 2 and "holds a run with other settings" in err
+    assert status == 2 and "holds a run with settings.lr 0.001 (this run: 0.01); use another --out, or " \
+        "--replace" in err
+
+
+def folder_digest(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_run_is_continued_only_where_that_equals_training_it_afresh(tmp_path, capsys, prepared):
+    """Resume, extend, refuse, or with --replace (the pipeline's) train afresh: one case each."""
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    assert train(capsys, prepared, whole, iterations=6)[0] == 0
+    assert train(capsys, prepared, run, iterations=4)[0] == 0
+
+    status, _, err = train(capsys, prepared, run, iterations=6)  # extended: 4 is on the every-2 schedule
+    assert status == 0 and "extending a finished run from iteration 4" in err
+    assert (run / "curve.csv").read_text() == (whole / "curve.csv").read_text()
+    assert json.loads((run / "run.json").read_text())["history"] == [{"how": "afresh", "at": 0},
+                                                                     {"how": "extended", "at": 4}]
+
+    kept = folder_digest(run)
+    for extra, iterations, reason in (
+            (["--lr", "0.01"], 6, "holds a run with settings.lr 0.001 (this run: 0.01)"),
+            (["--n-query", "2"], 6, "holds a run with settings.n_query 3 (this run: 2)"),
+            ([], 4, "already trained for 6 iterations, more than --iterations 4"),
+            (["--val-every", "4"], 8, "holds a run with val_every 2 (this run: 4)")):
+        status, _, err = train(capsys, prepared, run, *extra, iterations=iterations)
+        assert (status, err.splitlines()) == (2, [f"reproml train: error: {run}: {reason}; use another --out, or "
+                                                  "--replace to train afresh in its place"]), extra
+        assert folder_digest(run) == kept  # refused: nothing lost
+
+    status, _, err = train(capsys, prepared, run, "--replace", iterations=4)  # lowered: retrained, and says so
+    assert status == 0 and "training afresh: it already trained for 6 iterations" in err
+    history = json.loads((run / "run.json").read_text())["history"]
+    assert history == [{"how": "afresh", "at": 0, "reason": "already trained for 6 iterations, more than "
+                                                           "--iterations 4"}]
+    assert [r["iteration"] for r in csv.DictReader(open(run / "curve.csv"))] == ["2", "4"]
+
+    status, _, err = train(capsys, prepared, run, "--replace", iterations=4)  # a rerun asked for: from 0
+    assert status == 0 and "training afresh: it holds this run, finished at 4, and a rerun was asked for" in err
+    status, _, err = train(capsys, prepared, run, iterations=4)  # the same command without: nothing to train
+    assert status == 0 and "finished at 4; writing its outputs again" in err
+
+    assert train(capsys, prepared, tmp_path / "odd", iterations=3)[0] == 0  # ends off the schedule (2, 3)
+    status, _, err = train(capsys, prepared, tmp_path / "odd", iterations=6)
+    assert status == 2 and "off the every-2 validation schedule" in err
+    assert train(capsys, prepared, tmp_path / "odd", "--replace", iterations=6)[0] == 0
+    assert (tmp_path / "odd" / "curve.csv").read_text() == (whole / "curve.csv").read_text()
 
 
 @pytest.mark.slow
@@ -198,7 +245,7 @@ def test_training_with_an_image_pool_records_it_and_refuses_to_resume_without(tm
     assert json.loads((tmp_path / "run" / "run.json").read_text())["image_pool"] == 12
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["image_pool"] == 12
     status, _, err = train(capsys, prepared, tmp_path / "run", iterations=6)  # all images now: another run
-    assert status == 2 and "holds a run with other settings (image_pool)" in err
+    assert status == 2 and "holds a run with image_pool 12 (this run: all)" in err
     with pytest.raises(SystemExit) as exit:  # argparse's own usage error
         train(capsys, prepared, tmp_path / "other", "--image-pool", "some")
     assert exit.value.code == 2

@@ -170,6 +170,15 @@ def test_the_kept_model_is_the_last_unless_best_is_asked(tmp_path, capsys, prepa
     assert best["keep"] == "best" and best["iteration"] == torch.load(tmp_path / "best" / "best.pt",
                                                                        weights_only=True)["iteration"]
 
+    # which model is kept does not shape the training: changing it rewrites model.pt, without training again
+    status, _, err = train(capsys, prepared, tmp_path / "last", "matching_net", 6, "--keep", "best", "--replace")
+    assert status == 0 and "finished at 6; writing its outputs again" in err
+    assert torch.load(tmp_path / "last" / "model.pt", weights_only=True)["iteration"] == best["iteration"]
+    assert torch.equal(torch.load(tmp_path / "last" / "model.pt", weights_only=True)["params"]["embedding"],
+                       best["params"]["embedding"])
+    status, _, err = train(capsys, prepared, tmp_path / "last", "matching_net", 6, "--keep", "best", "--replace")
+    assert status == 0 and "a rerun was asked for" in err  # the same options again: a rerun retrains
+
 
 @pytest.mark.slow
 def test_a_killed_training_resumes_to_the_same_model(tmp_path, capsys, prepared):

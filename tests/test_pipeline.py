@@ -34,9 +34,9 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def snakemake(cwd, *args, background=False):
+def snakemake(cwd, *args, background=False, cores=2):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    command = [sys.executable, "-m", "snakemake", "--cores", str(cores), *args]
     if background:
         # A shell's background job inherits SIGINT ignored; give the interrupt test its Ctrl-C back.
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -209,8 +209,9 @@ def test_the_report_is_published_and_in_snakemakes_own_report(smoke_run, monkeyp
         assert any(n.endswith("/" + name) and "/data/raw/" in n for n in names), name
 
 
-def test_a_second_run_has_nothing_to_do(smoke_run):
-    result = snakemake(smoke_run, *SMOKE_CONFIG, "-n")
+@pytest.mark.parametrize("cores", [2, 1, 4])
+def test_a_second_run_has_nothing_to_do_whatever_its_cores(smoke_run, cores):
+    result = snakemake(smoke_run, *SMOKE_CONFIG, "-n", cores=cores)
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
 
@@ -227,6 +228,45 @@ def test_rerunning_one_setting_reruns_only_its_jobs(smoke_run):
     assert (runs / "5w1s" / "seed0" / "run.json").stat().st_mtime_ns == other_before
     assert (runs / "5w2s" / "seed0" / "run.json").stat().st_mtime_ns > target_before
     assert (smoke_run / "results" / "summary.csv").stat().st_mtime_ns > summary_before
+    log = (smoke_run / "logs" / "train_meta_lstm" / "demo-smoke" / "5w2s" / "seed0.log").read_text()
+    assert "training afresh: it holds this run, finished at 4, and a rerun was asked for" in log  # from episode 0
+    assert json.loads((runs / "5w2s" / "seed0" / "run.json").read_text())["history"][0]["at"] == 0
+
+
+def planned_jobs(result):
+    """{rule: count} of a dry run's job table."""
+    table = (result.stdout + result.stderr).split("Job stats:")[1].split("\n\n")[0]
+    rows = [line.split() for line in table.splitlines()[3:] if line.strip()]
+    return {rule: int(count) for rule, count in rows if rule != "total"}
+
+
+def test_editing_a_setting_reruns_exactly_what_it_touches_and_retrains_it(tmp_path):
+    cwd = workdir(tmp_path)
+    config = ("--configfile", "config/smoke.yaml", "edit.yaml")
+    (cwd / "edit.yaml").write_text("threads: 1\n")
+    assert snakemake(cwd, *config).returncode == 0
+    run = cwd / "results" / "runs" / "demo-smoke" / "5w1s" / "seed0"
+    curve_before = (run / "curve.csv").read_text()
+
+    (cwd / "edit.yaml").write_text("settings: {5w1s: {lr: 0.005}}\n")
+    planned = snakemake(cwd, *config, "-n")
+    assert planned_jobs(planned) == {"train_meta_lstm": 1, "evaluate_meta_lstm": 1, "evaluate_cross_shot": 1,
+                                     "aggregate": 1, "figures": 1, "report": 1, "all": 1}
+    assert "results/runs/demo-smoke/5w1s/seed0/best.pt" in planned.stdout + planned.stderr  # that setting's
+    result = snakemake(cwd, *config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (cwd / "logs" / "train_meta_lstm" / "demo-smoke" / "5w1s" / "seed0.log").read_text()
+    assert "training afresh: it holds a run with settings.lr 0.001 (this run: 0.005)" in log
+    assert (run / "curve.csv").read_text() != curve_before
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(cwd, *config, "-n", cores=1))
+
+    (cwd / "edit.yaml").write_text("settings: {5w1s: {lr: 0.005, iterations: 2}}\n")  # lowered: retrained
+    result = snakemake(cwd, *config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["iteration"] for r in csv.DictReader(open(run / "curve.csv"))] == ["2"]
+    html = (cwd / "results" / "report" / "report.html").read_text()
+    assert "Trained afresh in the place of an earlier run in the same folder" in html
+    assert "5w1s seed 0 (already trained for 4 iterations, more than --iterations 2)" in html
 
 
 @pytest.mark.parametrize("override, message", [

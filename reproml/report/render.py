@@ -28,7 +28,7 @@ from reproml.report.study import budgets, compute, differences, meta_fractions, 
 from reproml.report.tables import LONG_HEADER, LONG_KEYS, cross_shot_table, long_table, long_table_csv, table_one
 from reproml.models.matching_net import DEVIATIONS as MATCHING_NET_DEVIATIONS
 from reproml.settings import DEVIATIONS, TaskSettings
-from reproml.training.run_log import read_curve, read_run
+from reproml.training.run_log import history_text, read_curve, read_run, restart_reason
 
 PACKAGES = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "jinja2", "pillow", "snakemake", "reproml")
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -114,6 +114,7 @@ def run_details(run_files, evals):
             "last_two": " → ".join(mean_ci(r["val_acc"], r["val_ci95"]) for r in curve[-2:]),
             "flat": {True: "yes", False: "no", None: "–"}[flat],
             "test": mean_ci(e.get("acc_mean"), e.get("ci95")), "device": run["device"],
+            "trained": history_text(run.get("history")),
             "train_s": fmt(run["train_s_per_episode"], 3), "eval_s": fmt(e.get("s_per_episode"), 3)})
     return details
 
@@ -126,7 +127,8 @@ def baseline_details(pretrain_files, evals):
         pretraining.append({"seed": run["seed"], "steps": run["steps"], "batch_size": run["batch_size"], "lr": run["lr"],
                             "best_step": run["best_step"], "best_val_acc": fmt(run["best_val_acc"]),
                             "val": f"every {run['val_every']} steps over {run['val_episodes']} episodes",
-                            "device": run["device"], "s_per_step": fmt(run["train_s_per_step"], 3)})
+                            "device": run["device"], "s_per_step": fmt(run["train_s_per_step"], 3),
+                            "trained": history_text(run.get("history"))})
     finetune = [{"setting": e["setting"], "seed": e["train_seed"], "lr": f"{e['finetune_lr']:g}",
                  "decay": f"{e['finetune_decay']:g}", "val_acc": fmt(e["finetune_val_acc"]),
                  "grid_points": e["finetune_grid_points"], "test": mean_ci(e["acc_mean"], e["ci95"])}
@@ -176,6 +178,10 @@ def render_report(templates, summary_csv, manifest_path, figures, benchmarks, co
     pretraining, finetune = baseline_details(pretrain_files, evals)
     image_pool = image_pool_ablation(config["settings"], eval_files)
     runs = [read_run(p) for p in run_files]
+    pretrain_runs = [read_run(p, ("seed",)) for p in pretrain_files]
+    retrained = [f"{name} ({reason})" for name, reason in
+                 [(f"{r['setting']} seed {r['seed']}", restart_reason(r)) for r in runs]
+                 + [(f"pre-training seed {r['seed']}", restart_reason(r)) for r in pretrain_runs] if reason]
     devices = sorted({r["device"] for r in runs} | {e["device"] for e in evals})
     long_rows = long_table(home)
     compute_rows = compute(benchmarks, devices)
@@ -192,7 +198,7 @@ def render_report(templates, summary_csv, manifest_path, figures, benchmarks, co
         "accuracy": embedded_figures(figures, [("accuracy", "accuracy.png")])[0],
         "curves": embedded_figures(figures, [(s, f"curve_{s}.png") for s in details]),
         "gates": embedded_figures(figures, [(s, f"gates_{s}.png") for s in details]),
-        "pretraining": pretraining, "finetune": finetune, "image_pool": image_pool, "transfer": transfer_table(summary),
+        "pretraining": pretraining, "finetune": finetune, "retrained": retrained, "image_pool": image_pool, "transfer": transfer_table(summary),
         "deviations": [(name, {**DEVIATIONS, **MATCHING_NET_DEVIATIONS}[name]) for name in config.get("deviations", [])],
         "versions": package_versions(), "commit": git_commit(), "devices": devices,
         "commands": [command, "# one setting again (its training and everything after it):",

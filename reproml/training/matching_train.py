@@ -32,7 +32,8 @@ from reproml.methods.matching_net import checkpoint, classifier
 from reproml.models.matching_net import ATTENTION_CLIP, MatchingNet, MatchingNetSpec
 from reproml.settings import N_QUERY, PAPER_MATCHING_NET_EPISODES, resolve_device
 from reproml.statistics import summarize
-from reproml.training.run_log import check_schedule, load_last, new_state, record_step, record_validation, write_outputs
+from reproml.training.run_log import (check_schedule, last_state, load_last, new_state, record_step, record_validation,
+                                      write_outputs)
 
 LR = 1e-4
 TRAIN_WAY, TRAIN_SHOT = 5, 5
@@ -131,23 +132,25 @@ def validate(trainer, sampler, episodes, progress):
 
 
 def train(data, variant, iterations, val_every, val_episodes, seed, out, keep="last", deviations=(), device="auto",
-          progress=True):
+          progress=True, replace=False):
     check_schedule("--iterations", iterations, val_every, val_episodes)
     device = resolve_device(device)
     manifest = read_manifest(data)
     spec = MatchingNetSpec(variant, manifest["image_size"], tuple(deviations))
     run_config = {"method": variant, "dataset": manifest.get("name"), "dataset_sha256": manifest.get("dataset_sha256"),
-                  "spec": spec.to_dict(), "seed": seed, "keep": keep, "val_every": val_every,
+                  "spec": spec.to_dict(), "seed": seed, "val_every": val_every,
                   "val_episodes": val_episodes, "lr": LR, "episode": f"{TRAIN_WAY}-way {TRAIN_SHOT}-shot"}
     train_sampler, val_sampler = (EpisodeSampler(load_split(data, split, device), TRAIN_WAY, TRAIN_SHOT, N_QUERY, seed)
                                   for split in ("train", "val"))
     model = MatchingNet(spec)
     params = {k: v.to(device) for k, v in model.init_params(torch.Generator().manual_seed(seed)).items()}
     trainer = Trainer(model, params, device)
-    state, best = new_state(), None
 
     out = Path(out)
-    saved = load_last(out, run_config, "--iterations", iterations, device)
+    # Which model is kept does not shape the training: changing it writes model.pt again, no more.
+    options = {"keep": keep}
+    saved, restart_reason = load_last(out, run_config, ("--iterations", iterations, val_every), device, replace, options)
+    state, best = new_state(restart_reason), None
     if saved:
         trainer.load_state_dict(saved["trainer"])
         state, best = saved["state"], saved["best"]
@@ -170,19 +173,19 @@ def train(data, variant, iterations, val_every, val_episodes, seed, out, keep="l
             if record_validation(state, done, val[TRAIN_SHOT], one_shot):
                 best = checkpoint(trainer.model, trainer.params, trainer.bn_stats, iteration=done, val_acc=val[TRAIN_SHOT]["acc_mean"], seed=seed,
                                   dataset=run_config["dataset"])
-            save_torch(out / "last.pt", {"run_config": run_config, "trainer": trainer.state_dict(), "state": state,
-                                         "best": best})
+            save_torch(out / "last.pt", last_state(run_config, state, best, iterations, options,
+                                                   trainer=trainer.state_dict()))
             write_outputs(out, state, best)
     bar.close()
     write_outputs(out, state, best)
     kept = best if keep == "best" else checkpoint(trainer.model, trainer.params, trainer.bn_stats, iteration=iterations, val_acc=state["curve"][-1]["val_acc"],
                                                   seed=seed, dataset=run_config["dataset"])
     save_torch(out / "model.pt", {**kept, "keep": keep})
-    summary = {**run_config, "setting": f"{TRAIN_WAY}w{TRAIN_SHOT}s", "settings": {"n_way": TRAIN_WAY,
+    summary = {**run_config, "keep": keep, "setting": f"{TRAIN_WAY}w{TRAIN_SHOT}s", "settings": {"n_way": TRAIN_WAY,
                "k_shot": TRAIN_SHOT, "n_query": N_QUERY, "image_size": spec.image_size,
                "deviations": list(spec.deviations)}, "iterations": iterations,
                "kept_iteration": kept["iteration"], "best_iteration": state["best_iteration"],
                "best_val_acc": state["best_val_acc"], "device": str(device), "parameters": model.n_params(),
-               "train_s_per_episode": state["train_seconds"] / iterations}
+               "train_s_per_episode": state["train_seconds"] / iterations, "history": state.get("history", [])}
     write_json(out / "run.json", summary)
     return summary

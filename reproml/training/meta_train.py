@@ -29,7 +29,8 @@ from reproml.methods.meta_lstm import build, checkpoint, query_logits
 from reproml.kernels import build as kernels
 from reproml.settings import resolve_device
 from reproml.statistics import summarize
-from reproml.training.run_log import check_schedule, load_last, new_state, record_step, record_validation, write_outputs
+from reproml.training.run_log import (check_schedule, last_state, load_last, new_state, record_step, record_validation,
+                                      write_outputs)
 
 
 def meta_step(meta, learner, settings, optimizer, episode):
@@ -44,7 +45,7 @@ def meta_step(meta, learner, settings, optimizer, episode):
 
 
 def train(data, settings, iterations, val_every, val_episodes, seed, out, device="auto", label=None, image_pool=None,
-          progress=True):
+          progress=True, replace=False):
     """Meta-train on `data` (episodes from a fixed pool of `image_pool` images per class if given)."""
     check_schedule("--iterations", iterations, val_every, val_episodes)
     device = resolve_device(device)
@@ -62,10 +63,9 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
                                   for split in ("train", "val"))
     learner, meta = build(settings, seed, device)
     optimizer = torch.optim.Adam(meta.parameters(), lr=settings.lr)
-    state = new_state()
-    best = None  # the best checkpoint travels inside last.pt, so deleting best.pt loses nothing
-
-    saved = load_last(out, run_config, "--iterations", iterations, device)
+    # The best checkpoint travels inside last.pt, so deleting best.pt loses nothing.
+    saved, restart_reason = load_last(out, run_config, ("--iterations", iterations, val_every), device, replace)
+    state, best = new_state(restart_reason), None
     if saved:
         meta.load_state_dict(saved["meta_learner"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -92,8 +92,8 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
             if record_validation(state, done, val):
                 best = checkpoint(meta, settings, iteration=done, val_acc=val["acc_mean"], seed=seed, setting=label,
                                   dataset=run_config["dataset"], image_pool=run_config["image_pool"])
-            save_torch(out / "last.pt", {"run_config": run_config, "meta_learner": meta.state_dict(),
-                              "optimizer": optimizer.state_dict(), "state": state, "best": best})
+            save_torch(out / "last.pt", last_state(run_config, state, best, iterations, meta_learner=meta.state_dict(),
+                                                   optimizer=optimizer.state_dict()))
             write_outputs(out, state, best)
     bar.close()
     write_outputs(out, state, best)  # again, for a finished run whose outputs were deleted (Snakemake does)
@@ -101,7 +101,7 @@ def train(data, settings, iterations, val_every, val_episodes, seed, out, device
     summary = {**run_config, "iterations": iterations, "best_iteration": state["best_iteration"],
                "best_val_acc": state["best_val_acc"], "device": str(device),
                "compiled_kernels": kernels.describe(device),
-               "train_s_per_episode": state["train_seconds"] / iterations}
+               "train_s_per_episode": state["train_seconds"] / iterations, "history": state.get("history", [])}
     write_json(out / "run.json", summary)
     return summary
 

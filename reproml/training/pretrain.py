@@ -32,7 +32,8 @@ from reproml.models.learner import Learner, LearnerSpec
 from reproml.models.pretrained import BN_MOMENTUM, FILTERS, Pretrained
 from reproml.settings import resolve_device
 from reproml.statistics import summarize
-from reproml.training.run_log import check_schedule, load_last, new_state, record_step, record_validation, write_outputs
+from reproml.training.run_log import (check_schedule, last_state, load_last, new_state, record_step, record_validation,
+                                      write_outputs)
 
 VALIDATION_EPISODE = {"n_way": 5, "k_shot": 1, "n_query": 15}
 BATCH_STREAM = 3  # episodes use streams 0-2 (episodes.STREAMS)
@@ -46,7 +47,8 @@ def batch_rows(seed, step, n_images, batch_size):
     return order[batch * batch_size:(batch + 1) * batch_size]
 
 
-def pretrain(data, steps, batch_size, lr, val_every, val_episodes, seed, out, device="auto", progress=True):
+def pretrain(data, steps, batch_size, lr, val_every, val_episodes, seed, out, device="auto", progress=True,
+             replace=False):
     check_schedule("--steps", steps, val_every, val_episodes)
     device = resolve_device(device)
     manifest = read_manifest(data)
@@ -63,11 +65,9 @@ def pretrain(data, steps, batch_size, lr, val_every, val_episodes, seed, out, de
     params = learner.init_flat(torch.Generator().manual_seed(seed)).to(device).requires_grad_()
     net = Pretrained(spec, params, learner.new_bn_stats(device))
     optimizer = torch.optim.Adam([params], lr=lr)
-    state = new_state()
-    best = None
-
     out = Path(out)
-    saved = load_last(out, run_config, "--steps", steps, device)
+    saved, restart_reason = load_last(out, run_config, ("--steps", steps, val_every), device, replace)
+    state, best = new_state(restart_reason), None
     if saved:
         with torch.no_grad():
             params.copy_(saved["params"])
@@ -99,14 +99,13 @@ def pretrain(data, steps, batch_size, lr, val_every, val_episodes, seed, out, de
             if record_validation(state, done, val):
                 best = net.checkpoint(step=done, val_acc=val["acc_mean"], seed=seed, classes=list(train_split.classes),
                                       dataset=run_config["dataset"])
-            save_torch(out / "last.pt", {"run_config": run_config, "params": params.detach(),
-                                         "bn_stats": net.bn_stats, "optimizer": optimizer.state_dict(),
-                                         "state": state, "best": best})
+            save_torch(out / "last.pt", last_state(run_config, state, best, steps, params=params.detach(),
+                                                   bn_stats=net.bn_stats, optimizer=optimizer.state_dict()))
             write_outputs(out, state, best)
     bar.close()
     write_outputs(out, state, best)  # again, for a finished run whose outputs were deleted (Snakemake does)
     summary = {**run_config, "steps": steps, "best_step": state["best_iteration"], "best_val_acc": state["best_val_acc"],
                "validation": "cosine 1-NN on 5-way 1-shot validation episodes", "device": str(device),
-               "train_s_per_step": state["train_seconds"] / steps}
+               "train_s_per_step": state["train_seconds"] / steps, "history": state.get("history", [])}
     write_json(out / "run.json", summary)
     return summary

@@ -26,28 +26,89 @@ def check_schedule(length_option, length, val_every, val_episodes):
         raise UserError(f"--val-episodes {val_episodes}: need at least 2 for a confidence interval")
 
 
-def load_last(out, run_config, length_option, length, device):
-    """The contents of `out`/last.pt if an earlier run with the same configuration left one, else None.
-    The length is not part of the configuration: a finished run can be extended."""
+def flatten(config, prefix=""):
+    """A run configuration's settings as {dotted key: value}, nested dicts opened."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def first_difference(old, new):
+    """The first setting in which two run configurations differ, as 'KEY OLD (this run: NEW)'."""
+    old, new = flatten(old), flatten(new)
+    key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
+    return f"{key} {old.get(key, '(unset)')} (this run: {new.get(key, '(unset)')})"
+
+
+def load_last(out, run_config, schedule, device, replace=False, options=None):
+    """What `out`/last.pt gives this run: (the saved state to continue from, or None to train afresh;
+    why it trains afresh in the place of another run, or None).
+
+    A run's identity is `run_config`, everything that shapes what it computes; its length is not part
+    of it. An unfinished run of the same identity is resumed; a finished one is extended where that
+    equals training the longer run afresh (it ended on the validation schedule). A finished run of
+    the same identity and length is not trained again: its outputs are written anew (for `options`,
+    such as which model to keep, that changed), unless `replace` asks for a rerun. Anything else (another
+    identity, a length below what the folder holds) is refused in one line naming the difference,
+    deleting nothing, or with `replace` (the pipeline's choice: a rerun means retraining) trained afresh
+    in its place, the reason printed and kept in the run's history."""
+    length_option, length, val_every = schedule
     last = out / "last.pt"
     if not last.exists():
-        return None
+        return None, None
     saved = load_torch(last, "run state to resume from")
     if not isinstance(saved, dict) or not RESUME_KEYS <= saved.keys() or not isinstance(saved["run_config"], dict):
         raise UserError(f"{last}: not the run state of a reproml training run; delete it (or the folder) to start "
                         "afresh, or use another --out")
-    saved = to_device(saved, device)
-    if saved["run_config"] != run_config:
-        differ = sorted(key for key in saved["run_config"].keys() | run_config.keys()
-                        if saved["run_config"].get(key) != run_config.get(key))
-        raise UserError(f"{out}: holds a run with other settings ({', '.join(differ)}); use another --out or "
-                        "delete that folder")
     done = saved["state"]["iteration"]
-    if done > length:
-        raise UserError(f"{out}: already trained for {done} iterations, more than {length_option} {length}; "
-                        "use another --out")
-    print(f"{out}: resuming from iteration {done}", file=sys.stderr, flush=True)
-    return saved
+    finished = saved.get("length") == done  # (an interrupted run validated last where it stopped)
+    if saved["run_config"] != run_config:
+        reason = f"holds a run with {first_difference(saved['run_config'], run_config)}"
+    elif length == done:
+        if replace and saved.get("options") == options:
+            reason = f"holds this run, finished at {done}, and a rerun was asked for"
+        else:
+            print(f"{out}: finished at {done}; writing its outputs again", file=sys.stderr, flush=True)
+            if saved.get("options") != options:  # so that a later rerun of these options retrains
+                saved["options"] = options
+                save_torch(last, saved)
+            return to_device(saved, device), None
+    elif done < length and (not finished or done % val_every == 0):
+        how = "extending a finished run" if finished else "resuming"
+        print(f"{out}: {how} from iteration {done}", file=sys.stderr, flush=True)
+        saved["state"].setdefault("history", []).append({"how": "extended" if finished else "resumed", "at": done})
+        return to_device(saved, device), None
+    elif done > length:
+        reason = f"already trained for {done} iterations, more than {length_option} {length}"
+    else:
+        reason = (f"holds a run finished at {done}, off the every-{val_every} validation schedule, so that "
+                  f"extending it to {length_option} {length} would not equal training that afresh")
+    if not replace:
+        raise UserError(f"{out}: {reason}; use another --out, or --replace to train afresh in its place")
+    print(f"{out}: training afresh: it {reason}", file=sys.stderr, flush=True)
+    return None, reason
+
+
+def last_state(run_config, state, best, length, options=None, **payload):
+    """The contents of last.pt: what `load_last` reads back, and the method's own `payload`."""
+    return {"run_config": run_config, "state": state, "best": best, "length": length, "options": options, **payload}
+
+
+def history_text(history):
+    """A run's history in a few words: 'in one go', or its restart, resumptions and extensions."""
+    words = [("retrained" if event.get("reason") else "afresh") if event["how"] == "afresh"
+             else f"{event['how']} at {event['at']:,}" for event in history or []]
+    return "in one go" if words in ([], ["afresh"]) else ", then ".join(words)
+
+
+def restart_reason(run):
+    """Why a run (its run.json) was trained afresh in the place of another, or None."""
+    history = run.get("history") or [{}]
+    return history[0].get("reason")
 
 
 def to_device(value, device):
@@ -61,9 +122,11 @@ def to_device(value, device):
     return value
 
 
-def new_state():
+def new_state(restart_reason=None):
+    """A run's state at iteration 0; its history says why it started afresh in the place of another run."""
+    start = {"how": "afresh", "at": 0, **({"reason": restart_reason} if restart_reason else {})}
     return {"iteration": 0, "curve": [], "best_val_acc": None, "best_iteration": None, "train_seconds": 0.0,
-            "window": {"losses": [], "accs": [], "seconds": 0.0}}
+            "window": {"losses": [], "accs": [], "seconds": 0.0}, "history": [start]}
 
 
 def record_step(state, loss, accuracy, seconds):

@@ -23,7 +23,7 @@ rule pretrain:
         curve=f"{PRETRAIN}/curve.csv",
         run=f"{PRETRAIN}/run.json",
     params:
-        threads=torch_threads,
+        threads=TORCH_THREADS,
         args=pretrain_args,
         data=DATA,
         out=PRETRAIN,
@@ -37,7 +37,7 @@ rule pretrain:
         "benchmarks/pretrain/{dataset}/seed{seed}.tsv"
     shell:
         "reproml pretrain --data {params.data:q} {params.args} --seed {wildcards.seed:q} --device {params.device:q}"
-        " --threads {params.threads} --out {params.out:q} > {log:q} 2>&1"
+        " --threads {params.threads} --replace --out {params.out:q} > {log:q} 2>&1"
 
 
 rule select_finetune:
@@ -48,7 +48,7 @@ rule select_finetune:
         grid=f"{FINETUNE_GRID}/grid.csv",
         choice=f"{FINETUNE_GRID}/choice.json",
     params:
-        threads=torch_threads,
+        threads=TORCH_THREADS,
         episode=episode_args,
         grid=finetune_grid_args,
         data=DATA,

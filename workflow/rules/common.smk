@@ -78,8 +78,9 @@ except WorkflowError:  # no --cores: a dry run or a report
 JOB_CORES = config["threads"] * EXCESS
 
 
-def torch_threads(wildcards, threads):
-    return max(1, threads // EXCESS)  # Snakemake lowers `threads` to --cores where that is fewer
+# Each job's torch threads are the config's whatever --cores says (they change the numbers beyond
+# rounding), so that a run's results and its jobs' params do not depend on --cores.
+TORCH_THREADS = config["threads"]
 
 
 def all_runs(name):

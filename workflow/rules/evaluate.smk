@@ -47,7 +47,7 @@ rule evaluate:
     wildcard_constraints:
         method="|".join(BASELINES + MATCHING_NETS) or "(?!)",
     params:
-        threads=torch_threads,
+        threads=TORCH_THREADS,
         args=evaluation_args,
         out=lambda wildcards, output: os.path.dirname(output.summary),
         episodes=config["test_episodes"],

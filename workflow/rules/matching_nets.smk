@@ -22,7 +22,7 @@ rule train_matching_net:
     wildcard_constraints:
         method="|".join(MATCHING_NETS) or "(?!)",
     params:
-        threads=torch_threads,
+        threads=TORCH_THREADS,
         args=matching_net_args,
         data=DATA,
         out=MATCHING_NET_RUN,
@@ -36,4 +36,4 @@ rule train_matching_net:
         "benchmarks/train_matching_net/{dataset}/{method}/seed{seed}.tsv"
     shell:
         "reproml train-matching-net --data {params.data:q} {params.args} --seed {wildcards.seed:q}"
-        " --device {params.device:q} --threads {params.threads} --out {params.out:q} > {log:q} 2>&1"
+        " --device {params.device:q} --threads {params.threads} --replace --out {params.out:q} > {log:q} 2>&1"

@@ -20,7 +20,7 @@ rule train_meta_lstm:
         curve=f"{RUN}/curve.csv",
         run=f"{RUN}/run.json",
     params:
-        threads=torch_threads,
+        threads=TORCH_THREADS,
         args=train_args,
         data=DATA,
         out=RUN,
@@ -34,4 +34,4 @@ rule train_meta_lstm:
         "benchmarks/train_meta_lstm/{dataset}/{setting}/seed{seed}.tsv"
     shell:
         "reproml train --data {params.data:q} {params.args} --seed {wildcards.seed:q} --label {wildcards.setting:q}"
-        " --device {params.device:q} --threads {params.threads} --out {params.out:q} > {log:q} 2>&1"
+        " --device {params.device:q} --threads {params.threads} --replace --out {params.out:q} > {log:q} 2>&1"

@@ -26,6 +26,10 @@ def rerun_command():
     return command + (" --configfile " + " ".join(files) if files else "")
 
 
+# Not a param: the report names the command that made it, and another --cores is no reason to remake it.
+RERUN_COMMAND = rerun_command()
+
+
 rule aggregate:
     input:
         evals=all_evals(),
@@ -74,14 +78,13 @@ rule report:
         tex="results/report/report.tex",
     params:
         config=json.dumps(config, sort_keys=True),
-        command=rerun_command(),
     log:
         "logs/report.log",
     benchmark:
         "benchmarks/report.tsv"
     shell:
         "reproml report --templates report/templates --summary {input.summary:q} --manifest {input.manifest:q} --figures results/figures"
-        " --benchmarks benchmarks --config-json {params.config:q} --command {params.command:q}"
+        " --benchmarks benchmarks --config-json {params.config:q} --command {RERUN_COMMAND:q}"
         " --runs {input.runs:q} --evals {input.evals:q} --cross-shot {input.cross_shot:q} --pretrain-runs {input.pretrain_runs:q} --published {input.published:q}"
         " --out results/report > {log:q} 2>&1"
 
@@ -117,10 +120,9 @@ if "publish" in config:
             + [f"{config['publish']}/figures/{Path(path).name}" for path in FIGURES],
         params:
             config=json.dumps(config, sort_keys=True),
-            command=rerun_command(),
             out=config["publish"],
         log:
             "logs/publish_report.log",
         shell:
             "reproml publish {input.html:q} {input.pdf:q} {input.summary:q} --figures {input.figures:q}"
-            " --config-json {params.config:q} --command {params.command:q} --out {params.out:q} > {log:q} 2>&1"
+            " --config-json {params.config:q} --command {RERUN_COMMAND:q} --out {params.out:q} > {log:q} 2>&1"

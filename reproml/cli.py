@@ -1,5 +1,5 @@
 """The `reproml` command line: describe, prepare, train, pretrain, train-matching-net, select-finetune, evaluate,
-report, publish.
+report, publish, bench, selfcheck.
 
 A mistake in the input (a path, a file, a value) ends with one line on stderr naming the
 culprit and exit status 2; an interruption (Ctrl-C, or SIGTERM) with status 130 (143) and a hint
@@ -180,6 +180,16 @@ def bench(args):
 
     results = bench(args.settings.split(","), args.image_size, args.episodes, args.device)
     print(json.dumps(results, indent=2) if args.json else format_table(results))
+
+
+def selfcheck(args):
+    """Exit status 1 when a path is further from float64 than the bound allows."""
+    from reproml.selfcheck import format_table, passed, selfcheck
+
+    progress = (lambda text: None) if args.quiet or args.json else (lambda text: print(text, file=sys.stderr))
+    results = selfcheck(args.settings.split(","), args.image_size, args.episodes, args.draws, progress)
+    print(json.dumps(results, indent=2) if args.json else format_table(results))
+    return 0 if passed(results) else 1
 
 
 def ranged(kind, minimum=None, maximum=None, above=None):
@@ -383,6 +393,17 @@ def parser():
     b.add_argument("--threads", type=COUNT, help="CPU threads for torch (default: torch's choice)")
     b.add_argument("--json", action="store_true", help="print one JSON object, setting -> figures")
     b.set_defaults(run=bench)
+
+    sc = sub.add_parser("selfcheck", help="each numerical path (plain float32, the kernels, CUDA) against float64, "
+                        "beside the float32 rounding floor; exit status 1 when one is over twice the floor")
+    sc.add_argument("--settings", default="5w1s,5w5s", help="comma-separated, e.g. 5w1s,5w5s")
+    sc.add_argument("--image-size", type=IMAGE_SIZE, default=84)
+    sc.add_argument("--episodes", type=COUNT, default=3, help="episodes per setting and meta-learner (medians)")
+    sc.add_argument("--draws", type=COUNT, default=3, help="one-ulp perturbations of the inputs per episode")
+    sc.add_argument("--threads", type=COUNT, help="CPU threads for torch (default: torch's choice)")
+    sc.add_argument("--json", action="store_true", help="print one JSON object")
+    sc.add_argument("--quiet", action="store_true", help="no progress lines")
+    sc.set_defaults(run=selfcheck)
     return p
 
 
@@ -410,9 +431,9 @@ def main(argv=None):
     try:
         if args.command in HOLD_OUT:
             with exclusive(args.out):
-                args.run(args)
+                status = args.run(args)
         else:
-            args.run(args)
+            status = args.run(args)
     except UserError as exc:
         print(f"reproml {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -422,4 +443,4 @@ def main(argv=None):
         return 143 if isinstance(exc, Terminated) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return 0
+    return status or 0

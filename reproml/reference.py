@@ -35,7 +35,7 @@ def meta_step(meta, loss, grad, c, state):
 
 def query_logits(meta, learner, settings, episode, meta_training):
     support_x, support_y, query_x, _ = episode
-    bn_stats = learner.new_bn_stats(support_x.device)
+    bn_stats = learner.new_bn_stats(support_x.device, support_x.dtype)
     n, hidden = meta.cI.shape[0], meta.lstm.hidden_size
     c, state = meta.cI, (meta.cI.new_zeros(n, hidden), meta.cI.new_zeros(n, hidden), meta.cI.new_zeros(n), meta.cI.new_zeros(n))
     for _ in range(settings.epochs):

@@ -4,17 +4,18 @@ The fast path runs with PyTorch's operations only and with the compiled CPU kern
 (`reproml/kernels/`: the meta-learner's first layer, each learner block's convolution,
 BatchNorm, pooling and ReLU, forward and backward); both are checked.
 
-Both paths run on channels-last images. The memory format alone changes the convolutions'
+Each path runs in its own memory layout (the kernels channels-last, PyTorch's operations the
+default one), the reference in the default one. The memory format alone changes the convolutions'
 summation order, and the meta-gradient is sensitive to that: the learner's near-zero gradient
 coordinates (the conv biases before BatchNorm, whose true gradient is 0) are preprocessed with a
 factor e^10, so their rounding noise moves a 5w1s meta-gradient at 84x84 by about 1e-2 (relative
-norm) between the two formats. With the format fixed, the PyTorch layer 1 agrees with the
-reference to about 3e-5 there. The kernels round differently (their own exp, other summation
-orders, BatchNorm sums in double precision), which moves that meta-gradient by a few percent:
-as much as a one-ulp change of the learner's initial parameters moves the reference itself
-(measured 3e-4 to 5e-2), so that is what the kernels are held to. Each kernel is checked on its
-own against float64 to 1e-5 (a block's conv weight gradient through BatchNorm, which float32
-cannot compute that closely, to twice PyTorch's own float32 error).
+norm) between the two formats. In the same format the PyTorch path agrees with the reference to
+about 3e-5 there. The kernels round differently (their own exp, other summation orders, BatchNorm
+sums in double precision), which moves that meta-gradient by a few percent: as much as a one-ulp
+change of the learner's initial parameters moves the reference itself (measured 3e-4 to 5e-2), so
+that is what the kernels are held to. Each kernel is checked on its own against float64 to 1e-5 (a
+block's conv weight gradient through BatchNorm, which float32 cannot compute that closely, to twice
+PyTorch's own float32 error). `reproml selfcheck` holds every path against float64 (tests/test_selfcheck.py).
 """
 
 import pytest
@@ -71,12 +72,6 @@ def sampler_for(settings, seed=0):
     return EpisodeSampler(random_split(settings, "cpu", seed), settings.n_way, settings.k_shot, settings.n_query, seed)
 
 
-def channels_last(episode):
-    support_x, support_y, query_x, query_y = episode
-    return (support_x.contiguous(memory_format=torch.channels_last), support_y,
-            query_x.contiguous(memory_format=torch.channels_last), query_y)
-
-
 def relative_error(got, expected):
     return ((got - expected).norm() / expected.norm()).item()
 
@@ -110,7 +105,7 @@ def rounding_noise(meta, learner, settings, episode, expected, draws=3):
 @pytest.mark.parametrize("n_way, k_shot, image_size", [(5, 1, 32), (5, 5, 32), (5, 1, 84)])
 def test_fast_and_reference_paths_give_the_same_meta_gradient(n_way, k_shot, image_size, implementation):
     settings = TaskSettings(n_way, k_shot, image_size, n_query=4)
-    episode = channels_last(sampler_for(settings).tensors(0, "cpu"))
+    episode = sampler_for(settings).tensors(0, "cpu")
     learner, meta = build(settings, 0, "cpu")
     slow = meta_gradient(reference.query_logits, meta, learner, settings, episode)
     error = worst_relative_error(meta_gradient(query_logits, meta, learner, settings, episode), slow)
@@ -131,7 +126,7 @@ def test_fast_and_reference_paths_give_the_same_test_predictions(implementation)
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) * 0.01)
     with torch.no_grad():
         for index in range(5):
-            episode = channels_last(sampler.tensors(index, "cpu"))
+            episode = sampler.tensors(index, "cpu")
             fast = query_logits(meta, learner, settings, episode, meta_training=False)
             slow = reference.query_logits(meta, learner, settings, episode, meta_training=False)
             torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)

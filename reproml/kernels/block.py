@@ -181,6 +181,20 @@ def evaluation_mode(x, weight, bias, running_mean, running_var, gamma, beta, eps
     return out
 
 
+def uses_kernels(x):
+    """Whether the kernels run on tensors like `x` (float32 on the CPU, where they load)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and build.enabled() and library() is not None
+
+
+def layout(x):
+    """`x` in the memory layout its blocks will run in: channels-last for the kernels; else PyTorch's
+    default, in which oneDNN's float32 convolutions land nearer float64 (docs/performance.md,
+    "Memory layout of the plain path")."""
+    if uses_kernels(x):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous()
+
+
 def is_first_block(x):
     return x.shape[1] <= FIRST_BLOCK_CHANNELS and not x.requires_grad
 
@@ -214,7 +228,7 @@ def runs(x, weight, bias, gamma, beta, training):
     _, in_ch, height, width = x.shape
     shapes_fit = (x.device.type == "cpu" and x.dtype == torch.float32 and weight.shape[0] % 16 == 0
                   and height >= 2 and width >= 2 and (in_ch % 16 == 0 or is_first_block(x)))
-    if not shapes_fit or library() is None:
+    if not shapes_fit or not uses_kernels(x):
         return False
     return training or not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias, gamma, beta)))
 

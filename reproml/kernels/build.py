@@ -11,6 +11,7 @@ Built with -fopenmp after PyTorch is loaded, a kernel binds to PyTorch's own lib
 soname), so it uses PyTorch's thread pool and thread count instead of competing with it.
 """
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -74,6 +75,23 @@ def load(name):
     if reason != "REPROML_KERNELS=0":
         print(f"reproml: compiled kernel {name} off ({reason}); using PyTorch's operations", file=sys.stderr)
     return None
+
+
+SWITCHED_OFF = []  # one entry per `switched_off()` in force
+
+
+@contextlib.contextmanager
+def switched_off():
+    """PyTorch's operations in place of the kernels while inside (`reproml selfcheck` runs both)."""
+    SWITCHED_OFF.append(True)
+    try:
+        yield
+    finally:
+        SWITCHED_OFF.pop()
+
+
+def enabled():
+    return not SWITCHED_OFF
 
 
 def describe(device):

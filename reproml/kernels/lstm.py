@@ -32,7 +32,8 @@ def library():
 
 def runs(hidden_size, like):
     """Whether the kernel runs a layer of `hidden_size` on tensors like `like` (float32 on the CPU)."""
-    return hidden_size == HIDDEN and like.dtype == torch.float32 and like.device.type == "cpu" and library() is not None
+    return (hidden_size == HIDDEN and like.dtype == torch.float32 and like.device.type == "cpu" and build.enabled()
+            and library() is not None)
 
 
 def blocks(n):

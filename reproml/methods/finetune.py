@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from reproml.kernels import block as kernel_block
 from reproml.models.learner import Learner, LearnerSpec
 from reproml.models.pretrained import BN_MOMENTUM
 
@@ -27,7 +28,7 @@ def step_sizes(lr, decay, updates=UPDATES):
 def finetune(learner, params, bn_stats, support_x, support_y, sizes):
     """Plain full-batch SGD on every parameter, one update per step size, BN in training mode
     (updating `bn_stats` in place). Returns the fine-tuned parameters."""
-    support_x = support_x.contiguous(memory_format=torch.channels_last)  # once, not at every update
+    support_x = kernel_block.layout(support_x)  # once, not at every update
     for size in sizes:
         params = params.detach().requires_grad_()
         with torch.enable_grad():

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from reproml.atomic import load_checked
+from reproml.kernels import block as kernel_block
 from reproml.models.learner import Learner, LearnerSpec
 from reproml.models.meta_learner import MetaLearnerLSTM
 from reproml.settings import TaskSettings
@@ -34,8 +35,8 @@ def adapt(meta, learner, settings, support_x, support_y, gates=None):
 
     Returns the final parameters c_T and the episode's BN running statistics. If `gates` is a
     list, the (forget, input) gate values of every update are appended to it."""
-    bn_stats = learner.new_bn_stats(support_x.device)
-    support_x = support_x.contiguous(memory_format=torch.channels_last)  # once, not at every update
+    bn_stats = learner.new_bn_stats(support_x.device, support_x.dtype)
+    support_x = kernel_block.layout(support_x)  # once, not at every update
     c, state = meta.cI, meta.initial_state()
     divide_by_batch = not settings.has("no_grad_batch_division")
     batches = [(support_x[start:start + settings.batch_size], support_y[start:start + settings.batch_size])

@@ -89,17 +89,18 @@ class Learner:
     def unflatten(self, flat):
         return [piece.view(shape) for piece, (_, _, shape) in zip(torch.split(flat, self.sizes), self.shapes)]
 
-    def new_bn_stats(self, device):
+    def new_bn_stats(self, device, dtype=torch.float32):
         """Fresh running statistics (mean 0, variance 1), one pair per BN layer: reset every episode."""
         f = self.spec.filters
-        return [(torch.zeros(f, device=device), torch.ones(f, device=device)) for _ in range(self.spec.blocks)]
+        return [(torch.zeros(f, device=device, dtype=dtype), torch.ones(f, device=device, dtype=dtype))
+                for _ in range(self.spec.blocks)]
 
     def features(self, flat, x, bn_stats, training, momentum, dropout=None):
         """The flattened output of the last block. In training mode BN normalises with the
         batch's statistics and updates `bn_stats` in place; otherwise it uses `bn_stats`.
         `dropout`, if given, is applied to every block's output (Matching Networks' embedding)."""
         params = self.unflatten(flat)
-        x = x.contiguous(memory_format=torch.channels_last)  # the kernels' layout, and oneDNN's faster one here
+        x = kernel_block.layout(x)
         for b, (mean, var) in enumerate(bn_stats):
             conv_w, conv_b, bn_w, bn_b = params[4 * b: 4 * b + 4]
             if kernel_block.runs(x, conv_w, conv_b, bn_w, bn_b, training):  # compiled kernels, the same computation

@@ -1,5 +1,6 @@
 """The straightforward meta-learner LSTM: the reference that every fast path of the package is
-tested against (tests/test_fast_path.py: the same meta-gradients and test predictions).
+tested against (tests/test_fast_path.py: the same meta-gradients and test predictions); and the
+FCE's LSTMs as the original steps them (tests/test_matching_net.py).
 
 Written the way the equations read, with none of the package's speed-ups: ReLU before
 max-pooling, default memory format, the loss features copied to every row, one `nn.LSTMCell`
@@ -47,3 +48,30 @@ def query_logits(meta, learner, settings, episode, meta_training):
                 (grad,) = torch.autograd.grad(loss, theta)
             c, state = meta_step(meta, loss.detach(), grad / len(x), c, state)
     return learner_logits(learner, c, query_x, bn_stats, meta_training, settings.bn_momentum)
+
+
+def lstm_outputs(weight, bias, items):
+    """The outputs of the original's LSTM (one matrix on [x, h], zero initial state) fed `items`
+    one at a time, a batch of one."""
+    h = c = items.new_zeros(1, items.shape[1])
+    outputs = []
+    for x in items:
+        i, f, o, candidate = (torch.cat([x[None], h], 1) @ weight + bias).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(candidate)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outputs.append(h)
+    return torch.cat(outputs)
+
+
+def fce_query_embedding(weight, bias, f, support, steps, softmax_read):
+    """The FCE's attention LSTM over the support set, as the original writes it."""
+    h, c = torch.zeros_like(f), torch.zeros_like(f)
+    read = support.mean(0).expand_as(f)
+    for step in range(steps):
+        i, g_f, o, candidate = (torch.cat([f, read, h], 1) @ weight + bias).chunk(4, 1)
+        c = torch.sigmoid(g_f) * c + torch.sigmoid(i) * torch.tanh(candidate)
+        h = f + torch.sigmoid(o) * torch.tanh(c)
+        dots = h @ support.t()
+        weights = torch.softmax(dots, 1) if softmax_read else torch.softmax(dots[..., None], -1)[..., 0]
+        read = weights @ support
+    return h

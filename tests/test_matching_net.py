@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import kill_after_first_checkpoint, run_cli
-from reproml.models.matching_net import (MatchingNet, MatchingNetSpec, attention_read, class_scores,
-                                         cosine_similarities, run_lstm)
+from reproml import reference
+from reproml.kernels.sequence_lstm import lstm_outputs
+from reproml.models.matching_net import (ATTENTION_STEPS, MatchingNet, MatchingNetSpec, attention_read, class_scores,
+                                         cosine_similarities)
 from reproml.methods.matching_net import load_matching_net
 from reproml.training.matching_train import Trainer, adam_step, first_shots
 
@@ -43,11 +45,45 @@ def test_softmax_attention_is_the_log_of_each_class_summed_attention():
 
 def test_the_original_attention_gives_every_support_item_weight_one():
     h, support = torch.randn(4, 3), torch.randn(6, 3)
-    weights, read = attention_read(h, support, softmax_read=False)
-    assert torch.equal(weights, torch.ones(4, 6))
-    assert torch.allclose(read, support.sum(0).expand(4, 3))
-    weights, read = attention_read(h, support, softmax_read=True)
-    assert torch.allclose(weights.sum(1), torch.ones(4)) and torch.allclose(read, torch.softmax(h @ support.t(), 1) @ support)
+    assert torch.equal(torch.softmax((h @ support.t())[..., None], -1)[..., 0], torch.ones(4, 6))  # the original's
+    read = attention_read(h, support, softmax_read=False)
+    assert read.shape == (1, 3) and torch.allclose(read, torch.ones(4, 6) @ support)  # one row for every query
+    read = attention_read(h, support, softmax_read=True)
+    assert torch.allclose(read, torch.softmax(h @ support.t(), 1) @ support)
+
+
+@pytest.mark.parametrize("length, d", [(1, 3), (6, 5)])
+def test_the_sequence_lstm_gives_the_step_by_step_outputs_and_gradients(length, d):
+    """In float64, against the original's cell stepped through autograd (reference.lstm_outputs)."""
+    g = torch.Generator().manual_seed(length)
+    weight, bias, items = (torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_()
+                           for shape in ((2 * d, 4 * d), (4 * d,), (length, d)))
+    outside = torch.randn(length, d, generator=g, dtype=torch.float64)
+    results = []
+    for run in (lstm_outputs, reference.lstm_outputs):
+        out = run(weight, bias, items)
+        results.append([out.detach(), *torch.autograd.grad((out * outside).sum(), [weight, bias, items])])
+    for fast, plain in zip(*results):
+        torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("deviations", [(), ("fce_softmax_read",)])
+def test_the_attention_lstm_gives_the_originals_embedding_and_gradients(deviations):
+    d, n_query, n_support = 6, 4, 5
+    g = torch.Generator().manual_seed(7)
+    weight, bias, f, support = (torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_()
+                                for shape in ((3 * d, 4 * d), (4 * d,), (n_query, d), (n_support, d)))
+    model = MatchingNet(MatchingNetSpec("matching_net_fce", 16, deviations))
+    model.embed = lambda flat, x, bn, training, generator: x  # the CNN's output given directly
+    params = {"attention.weight": weight, "attention.bias": bias}
+    outside = torch.randn(n_query, d, generator=g, dtype=torch.float64)
+    results = []
+    for embedding in (lambda: model.query_embedding(None, params, f, support, {"f": None}, False, None),
+                      lambda: reference.fce_query_embedding(weight, bias, f, support, ATTENTION_STEPS, bool(deviations))):
+        out = embedding()
+        results.append([out.detach(), *torch.autograd.grad((out * outside).sum(), [weight, bias, f, support])])
+    for fast, plain in zip(*results):
+        torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
 
 
 def episode(n_way=5, k_shot=5, n_query=3, size=16, seed=0):
@@ -80,7 +116,8 @@ def test_the_backward_lstm_is_misaligned_unless_asked():
                                                                                   ("fce_aligned_backward",))}
     params = {"support_forward.weight": torch.zeros(2 * 8, 4 * 8), "support_forward.bias": torch.zeros(4 * 8),
               "support_backward.weight": torch.randn(2 * 8, 4 * 8), "support_backward.bias": torch.randn(4 * 8)}
-    backward = run_lstm(params["support_backward.weight"], params["support_backward.bias"], support.flip(0))
+    backward = reference.lstm_outputs(params["support_backward.weight"], params["support_backward.bias"],
+                                      support.flip(0))
     for aligned, expected in ((False, support + backward), (True, support + backward.flip(0))):
         model = MatchingNet(spec[aligned])
         model.embed = lambda flat, x, bn, training, generator: x  # the CNN's output given directly

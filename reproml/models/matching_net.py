@@ -9,7 +9,9 @@ the parameters are a dict of tensors passed to every call.
   support items, fed to cross-entropy (not Vinyals et al.'s softmax attention).
 - FCE ("full context embeddings"): g adds a bidirectional LSTM over the support set (summed,
   residual); f runs an attention LSTM for 3 steps over the support set. Every LSTM starts at zero,
-  so FCE starts as the simple model.
+  so FCE starts as the simple model. Their products are split by the parts of [x, h] (the same
+  equations as the original's one matrix on [x, h], which `reproml.reference` runs step by step
+  and tests/test_matching_net.py holds these to), so that no part is multiplied twice.
 
 Where the original does something other than it evidently means to, the original is the default
 and the intention a named deviation (`DEVIATIONS`).
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from reproml.errors import UserError
+from reproml.kernels.sequence_lstm import lstm_outputs
 from reproml.models.learner import Learner, LearnerSpec
 
 VARIANTS = ("matching_net", "matching_net_fce")
@@ -82,22 +85,12 @@ class MatchingNetSpec:
         return cls(d["variant"], d["image_size"], tuple(d.get("deviations", ())))
 
 
-def lstm_cell(weight, bias, x, h, c):
-    """One step of the original's LSTM: one matrix on [x, h], gates in the order input, forget,
-    output, candidate; no peepholes, no forget bias."""
-    i, f, o, candidate = (torch.cat([x, h], 1) @ weight + bias).chunk(4, 1)
+def lstm_gates(pre, c):
+    """One step of the original's LSTM from its pre-activations: gates in the order input, forget,
+    output, candidate; no peepholes, no forget bias. Returns the new (h, c)."""
+    i, f, o, candidate = pre.chunk(4, 1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(candidate)
     return torch.sigmoid(o) * torch.tanh(c), c
-
-
-def run_lstm(weight, bias, items):
-    """The outputs of an LSTM (zero initial state) fed `items` one at a time, a batch of one."""
-    h = c = items.new_zeros(1, items.shape[1])
-    outputs = []
-    for x in items:
-        h, c = lstm_cell(weight, bias, x[None], h, c)
-        outputs.append(h)
-    return torch.cat(outputs)
 
 
 def cosine_similarities(query, support):
@@ -118,11 +111,12 @@ def class_scores(query, support, support_y, n_way, softmax_attention=False):
 
 
 def attention_read(h, support, softmax_read):
-    """(weights, read-out) of the attention LSTM. The original applies nn.SoftMax to an n x 1 column
-    of dot products, which normalises along the size-one dimension: every weight is exactly 1."""
-    dots = h @ support.t()
-    weights = torch.softmax(dots, 1) if softmax_read else torch.softmax(dots[..., None], -1)[..., 0]
-    return weights, weights @ support
+    """The attention LSTM's read-out. The original applies nn.SoftMax to an n x 1 column of dot
+    products, which normalises along the size-one dimension: every weight is exactly 1, and the
+    read-out is the sum of the support embeddings, one row for every query."""
+    if softmax_read:
+        return torch.softmax(h @ support.t(), 1) @ support
+    return support.sum(0, keepdim=True)
 
 
 class MatchingNet:
@@ -156,8 +150,8 @@ class MatchingNet:
         g = self.embed(params["embedding"], support_x, bn_stats["g"], training, generator)
         if not self.spec.fce:
             return g
-        forward = run_lstm(params["support_forward.weight"], params["support_forward.bias"], g)
-        backward = run_lstm(params["support_backward.weight"], params["support_backward.bias"], g.flip(0))
+        forward = lstm_outputs(params["support_forward.weight"], params["support_forward.bias"], g)
+        backward = lstm_outputs(params["support_backward.weight"], params["support_backward.bias"], g.flip(0))
         if self.spec.has("fce_aligned_backward"):
             backward = backward.flip(0)
         return g + forward + backward
@@ -166,14 +160,18 @@ class MatchingNet:
         f = self.embed(flat, query_x, bn_stats["f"], training, generator)
         if not self.spec.fce:
             return f
-        weight, bias = params["attention.weight"], params["attention.bias"]
+        # The LSTM's input is [f, read] and its matrix acts on [f, read, h]: f's part is the same
+        # at every step, and the original's read-out one row for all queries (attention_read).
+        w_f, w_read, w_h = params["attention.weight"].split(f.shape[1])  # one split: one gradient concatenation
+        from_f = f @ w_f + params["attention.bias"]
         h, c = torch.zeros_like(f), torch.zeros_like(f)
-        read = support.mean(0).expand_as(f)  # r_1: the mean; the later read-outs as attention_read says
+        read = support.mean(0, keepdim=True)  # r_1: the mean; the later read-outs as attention_read says
         for step in range(ATTENTION_STEPS):
-            out, c = lstm_cell(weight, bias, torch.cat([f, read], 1), h, c)
+            pre = from_f + read @ w_read
+            out, c = lstm_gates(pre + h @ w_h if step else pre, c)  # h_0 = 0
             h = f + out
             if step < ATTENTION_STEPS - 1:
-                _, read = attention_read(h, support, self.spec.has("fce_softmax_read"))
+                read = attention_read(h, support, self.spec.has("fce_softmax_read"))
         return h
 
     def scores(self, params, episode, n_way, bn_stats, training, generator=None, query_cnn=None):

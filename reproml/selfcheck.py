@@ -50,7 +50,7 @@ def meta_learner_states(settings, seed=0):
     """{state: float64 meta-learner}: the initial one, and one moved away from it."""
     learner, meta = build(settings, seed, "cpu")
     meta = meta.double()
-    moved = build(settings, seed, "cpu")[1].double()
+    moved = copy.deepcopy(meta)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in moved.parameters():

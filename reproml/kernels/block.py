@@ -226,8 +226,8 @@ def runs(x, weight, bias, gamma, beta, training):
     """Whether `block` runs for these inputs (else the plain PyTorch block does): float32 on the CPU,
     channel counts the kernels tile, and, outside training, no gradient wanted."""
     _, in_ch, height, width = x.shape
-    shapes_fit = (x.device.type == "cpu" and x.dtype == torch.float32 and weight.shape[0] % 16 == 0
-                  and height >= 2 and width >= 2 and (in_ch % 16 == 0 or is_first_block(x)))
+    shapes_fit = (weight.shape[0] % 16 == 0 and height >= 2 and width >= 2
+                  and (in_ch % 16 == 0 or is_first_block(x)))
     if not shapes_fit or not uses_kernels(x):
         return False
     return training or not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias, gamma, beta)))

@@ -114,7 +114,7 @@ def run_details(run_files, evals):
             "last_two": " → ".join(mean_ci(r["val_acc"], r["val_ci95"]) for r in curve[-2:]),
             "flat": {True: "yes", False: "no", None: "–"}[flat],
             "test": mean_ci(e.get("acc_mean"), e.get("ci95")), "device": run["device"],
-            "trained": history_text(run.get("history")),
+            "trained": history_text(run.get("history")), "restart_reason": restart_reason(run),
             "train_s": fmt(run["train_s_per_episode"], 3), "eval_s": fmt(e.get("s_per_episode"), 3)})
     return details
 
@@ -128,7 +128,7 @@ def baseline_details(pretrain_files, evals):
                             "best_step": run["best_step"], "best_val_acc": fmt(run["best_val_acc"]),
                             "val": f"every {run['val_every']} steps over {run['val_episodes']} episodes",
                             "device": run["device"], "s_per_step": fmt(run["train_s_per_step"], 3),
-                            "trained": history_text(run.get("history"))})
+                            "trained": history_text(run.get("history")), "restart_reason": restart_reason(run)})
     finetune = [{"setting": e["setting"], "seed": e["train_seed"], "lr": f"{e['finetune_lr']:g}",
                  "decay": f"{e['finetune_decay']:g}", "val_acc": fmt(e["finetune_val_acc"]),
                  "grid_points": e["finetune_grid_points"], "test": mean_ci(e["acc_mean"], e["ci95"])}
@@ -178,10 +178,9 @@ def render_report(templates, summary_csv, manifest_path, figures, benchmarks, co
     pretraining, finetune = baseline_details(pretrain_files, evals)
     image_pool = image_pool_ablation(config["settings"], eval_files)
     runs = [read_run(p) for p in run_files]
-    pretrain_runs = [read_run(p, ("seed",)) for p in pretrain_files]
-    retrained = [f"{name} ({reason})" for name, reason in
-                 [(f"{r['setting']} seed {r['seed']}", restart_reason(r)) for r in runs]
-                 + [(f"pre-training seed {r['seed']}", restart_reason(r)) for r in pretrain_runs] if reason]
+    retrained = ([f"{name} seed {s['seed']} ({s['restart_reason']})" for name, d in details.items() for s in d["seeds"]
+                  if s["restart_reason"]]
+                 + [f"pre-training seed {p['seed']} ({p['restart_reason']})" for p in pretraining if p["restart_reason"]])
     devices = sorted({r["device"] for r in runs} | {e["device"] for e in evals})
     long_rows = long_table(home)
     compute_rows = compute(benchmarks, devices)
